@@ -1,0 +1,1 @@
+"""kafka-trace-proxy: a Kafka wire-protocol sidecar that adds distributed tracing."""

@@ -1,0 +1,1 @@
+"""Sans-I/O Kafka protocol codec: pure functions on bytes, no asyncio."""

@@ -1,0 +1,1 @@
+"""The real-component test bed: Kafka brokers, Java tools and clients, started on loopback."""
