@@ -1,0 +1,69 @@
+"""Assembling and running the proxy: listeners, discovery, interceptors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from .brokers import BrokerDirectory, PortMapping, TopicNames
+from .config import Settings
+from .discovery import keep_discovering
+from .interceptors import Interceptors
+from .listeners import Listeners
+from .metrics import Metrics
+from .relay import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Proxy:
+    """One running proxy: start it, serve until stopped, then stop it."""
+
+    def __init__(self, settings: Settings, interceptors: Sequence[object] = ()) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        brokers = BrokerDirectory(
+            settings.advertised_host,
+            PortMapping(settings.broker_port_base, settings.broker_port_map),
+        )
+        self.runtime = Runtime(
+            settings=settings,
+            brokers=brokers,
+            topics=TopicNames(),
+            interceptors=Interceptors(interceptors),
+            metrics=self.metrics,
+            connections=set(),
+        )
+        self.listeners = Listeners(self.runtime)
+        brokers.set_observer(self.listeners.ensure_broker)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.listeners.start_bootstrap()
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                keep_discovering(
+                    self.settings.upstream_bootstrap_servers,
+                    self.runtime.brokers,
+                    self.runtime.topics,
+                    self.settings.connect_timeout_ms / 1000,
+                )
+            )
+        )
+
+    async def stop(self) -> None:
+        await self.listeners.close()
+        for connection in list(self.runtime.connections):
+            connection.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        await self._stopped.wait()

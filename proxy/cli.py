@@ -1,0 +1,76 @@
+"""The `kafka-trace-proxy` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .app import Proxy
+from .config import ConfigError, Settings, load_settings, read_env_file
+from .logs import configure_logging
+
+log = logging.getLogger("proxy")
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kafka-trace-proxy",
+        description="Kafka wire-protocol sidecar proxy that adds distributed tracing to any "
+        "Kafka client. Settings come from KTP_* and OTEL_* environment variables, "
+        "optionally read from an env-file (the environment wins over the file).",
+    )
+    parser.add_argument("--env-file", type=Path, help="read settings from this KEY=VALUE file")
+    return parser
+
+
+def settings_from(env_file: Path | None) -> Settings:
+    environ = dict(os.environ)
+    if env_file is not None:
+        environ = {**read_env_file(env_file), **environ}
+    return load_settings(environ)
+
+
+async def _run(settings: Settings) -> None:
+    proxy = Proxy(settings)
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await proxy.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from(args.env_file)
+    except ConfigError as exc:
+        print(f"kafka-trace-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    for name in settings.unknown:
+        log.warning("unknown setting %s ignored (a typo?)", name)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        asyncio.run(_run(settings))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Splitting a Kafka byte stream into frames without copying the frames nobody inspects.
+
+A Kafka connection carries frames: a signed int32 size, then that many bytes. The scanner looks at
+the first few bytes of each frame (enough to identify it) and asks its owner whether the frame must
+be held whole for inspection. Frames that are not held come out as `Forward` slices of the very
+buffer that was fed in, so passthrough traffic is written on without a copy; consecutive forwarded
+frames come out as one slice. Sizes above the configured maximum, and sizes too small to hold the
+identifying bytes, raise `FrameTooLarge` / `ProtocolError` before anything of that frame is emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FrameTooLarge, ProtocolError
+
+SIZE_PREFIX = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Bytes to pass on unchanged (whole frames or parts of one)."""
+
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One whole frame, held because its owner wants to inspect it."""
+
+    token: Any
+    #: The whole frame, size prefix included, so an unchanged frame is forwarded as it is.
+    frame: bytes | memoryview
+
+    @property
+    def body(self) -> memoryview:
+        """The frame without its size prefix."""
+        return memoryview(self.frame)[SIZE_PREFIX:]
+
+
+#: Called with a frame's first bytes and its size; returns None to forward the frame untouched or
+#: a token (kept with the `Held` event) to hold it whole.
+Classifier = Callable[[memoryview, int], Any]
+
+
+class FrameScanner:
+    """Incremental frame splitter for one direction of one connection."""
+
+    def __init__(self, *, peek_size: int, max_frame_size: int, classify: Classifier) -> None:
+        self._peek_size = peek_size
+        self._max_frame_size = max_frame_size
+        self._classify = classify
+        self._forward_remaining = 0
+        self._head = bytearray()
+        self._held: bytearray | None = None
+        self._held_remaining = 0
+        self._held_token: Any = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes kept back between calls (a partial header or a partial held frame)."""
+        return len(self._head) + (len(self._held) if self._held is not None else 0)
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        return not self._forward_remaining and not self._head and self._held is None
+
+    def _frame_size(self, prefix: bytes | memoryview) -> int:
+        size = int.from_bytes(prefix[:SIZE_PREFIX], "big", signed=True)
+        if size < 0 or size > self._max_frame_size:
+            raise FrameTooLarge(
+                f"frame size {size} is outside 0..{self._max_frame_size} (the maximum frame size)"
+            )
+        if size < self._peek_size:
+            raise ProtocolError(f"frame of {size} bytes is too short to be a Kafka message")
+        return size
+
+    def feed(self, data: bytes) -> list[Forward | Held]:
+        """Consume received bytes; returns what to forward and which frames were held, in order."""
+        out: list[Forward | Held] = []
+        view = memoryview(data)
+        end = len(view)
+        pos = 0
+        run_start = -1  # start of the forwarded run inside `data` not yet emitted
+
+        def flush_run(upto: int) -> None:
+            nonlocal run_start
+            if run_start >= 0 and upto > run_start:
+                out.append(Forward(view[run_start:upto]))
+            run_start = -1
+
+        while pos < end:
+            if self._forward_remaining:
+                take = min(self._forward_remaining, end - pos)
+                if run_start < 0:
+                    run_start = pos
+                pos += take
+                self._forward_remaining -= take
+                continue
+            if self._held is not None:
+                take = min(self._held_remaining, end - pos)
+                self._held += view[pos : pos + take]
+                pos += take
+                self._held_remaining -= take
+                if not self._held_remaining:
+                    # The bytearray is handed over, not copied: a new one starts each frame.
+                    out.append(Held(self._held_token, memoryview(self._held)))
+                    self._held = None
+                    self._held_token = None
+                continue
+            if not self._head and end - pos >= SIZE_PREFIX + self._peek_size:
+                # Fast path: the whole identifying prefix is in this buffer.
+                size = self._frame_size(view[pos : pos + SIZE_PREFIX])
+                start = pos + SIZE_PREFIX
+                token = self._classify(view[start : start + self._peek_size], size)
+                if token is None:
+                    if run_start < 0:
+                        run_start = pos
+                    self._forward_remaining = SIZE_PREFIX + size
+                    continue
+                flush_run(pos)
+                if end - start >= size:
+                    out.append(Held(token, view[pos : start + size]))
+                    pos = start + size
+                else:
+                    self._held = bytearray(view[pos:end])
+                    self._held_remaining = size - (end - start)
+                    self._held_token = token
+                    pos = end
+                continue
+            # Slow path: the identifying prefix straddles buffers; keep it back until complete.
+            flush_run(pos)
+            need = SIZE_PREFIX + self._peek_size - len(self._head)
+            take = min(need, end - pos)
+            self._head += view[pos : pos + take]
+            pos += take
+            if len(self._head) >= SIZE_PREFIX:
+                size = self._frame_size(self._head)  # reject a bad size as soon as it is known
+            if len(self._head) < SIZE_PREFIX + self._peek_size:
+                continue
+            head = bytes(self._head)
+            self._head.clear()
+            token = self._classify(memoryview(head)[SIZE_PREFIX:], size)
+            if token is None:
+                out.append(Forward(head))
+                self._forward_remaining = SIZE_PREFIX + size - len(head)
+            else:
+                self._held = bytearray(head)
+                self._held_remaining = size - self._peek_size
+                self._held_token = token
+                if not self._held_remaining:
+                    out.append(Held(token, memoryview(self._held)))
+                    self._held = None
+        flush_run(pos)
+        return out
+
+
+def frame(body: bytes | memoryview) -> bytes:
+    """Prefix a frame body with its size."""
+    return len(body).to_bytes(SIZE_PREFIX, "big") + bytes(body)

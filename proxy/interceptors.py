@@ -1,0 +1,151 @@
+"""The interface tracing (or any other add-on) plugs into.
+
+An interceptor is any object with some of the hook methods below; the framework only decodes the
+messages some interceptor has a hook for, so an add-on that ignores fetches costs nothing on the
+fetch path. Hooks see typed record views and a per-connection context, never raw frames. A produce
+hook may add headers to records; the framework re-encodes only the batches that changed and
+forwards everything else as the original bytes. An exception in a hook is logged and counted, and
+the traffic it was looking at is forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .codec.records import BatchView, RecordView, add_headers, iter_batches
+
+#: For one record, the headers to append to it (may be empty).
+HeaderSource = Callable[[RecordView], Sequence[tuple[str, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """The real broker a connection is relayed to; node id -1 for a bootstrap connection."""
+
+    node_id: int
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class ConnectionContext:
+    """What is known about one client connection; updated as the proxy learns more."""
+
+    connection_id: int
+    client_address: tuple[str, int]
+    broker: BrokerEndpoint
+    client_id: str | None = None
+    #: The consumer group named in this connection's group requests, once seen.
+    group_id: str | None = None
+    #: Free space for interceptors to keep per-connection state in, keyed by their own name.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ProducePartition:
+    """The records of one partition of a Produce request, open for adding headers."""
+
+    topic: str | None
+    topic_id: uuid.UUID | None
+    partition: int
+    acks: int
+    transactional_id: str | None
+    records: bytes | memoryview
+    #: Set by `inject` when a batch was re-encoded; the framework sends these bytes instead.
+    replaced_records: bytes | None = None
+    #: Why headers were not added to some batch (e.g. "too_large"); for metrics and logs.
+    skipped: list[str] = field(default_factory=list)
+    max_batch_bytes: int = 1_048_588
+
+    def batches(self) -> Iterator[BatchView]:
+        return iter_batches(self.replaced_records or self.records)
+
+    def inject(self, headers_for: HeaderSource) -> None:
+        """Append headers to records, batch by batch; a batch that would grow past the broker's
+        size limit is kept as it was (and noted in `skipped`) rather than turned into a failure."""
+        source = self.replaced_records or self.records
+        pieces: list[bytes | memoryview] = []
+        changed = False
+        consumed = 0
+        for batch in iter_batches(source):
+            original = batch.raw
+            consumed += len(original)
+            rebuilt = add_headers(original, headers_for)
+            if rebuilt is not None and len(rebuilt) > self.max_batch_bytes:
+                self.skipped.append("too_large")
+                rebuilt = None
+            if rebuilt is None:
+                pieces.append(original)
+            else:
+                pieces.append(rebuilt)
+                changed = True
+        if consumed != len(source):
+            # Bytes that are not whole batches: never risk dropping them, send all as it was.
+            self.skipped.append("unparsed_records")
+            return
+        if changed:
+            self.replaced_records = b"".join(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceResult:
+    """The broker's answer for one partition of a Produce request."""
+
+    topic: str | None
+    partition: int
+    error_code: int
+    error_name: str | None
+    base_offset: int
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPartition:
+    """The records of one partition of a Fetch response; read-only (consumers check CRCs)."""
+
+    topic: str | None
+    topic_id: uuid.UUID | None
+    partition: int
+    error_code: int
+    high_watermark: int
+    records: bytes | memoryview
+    #: (producer id, first offset) of aborted transactions, for read_committed consumers.
+    aborted_transactions: tuple[tuple[int, int], ...]
+
+    def batches(self) -> Iterator[BatchView]:
+        return iter_batches(self.records)
+
+
+@runtime_checkable
+class ProduceInterceptor(Protocol):
+    def on_produce_request(self, ctx: ConnectionContext, partition: ProducePartition) -> Any:
+        """A Produce request's partition is about to be forwarded. The return value is handed
+        back to `on_produce_response` for the same partition."""
+
+    def on_produce_response(
+        self, ctx: ConnectionContext, state: Any, result: ProduceResult | None
+    ) -> None:
+        """The broker answered for a partition; `result` is None for acks=0, called once the
+        request was written upstream (no response will come)."""
+
+
+@runtime_checkable
+class FetchInterceptor(Protocol):
+    def on_fetch_response(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
+        """A Fetch response's partition was forwarded to the client (it already has the bytes)."""
+
+
+class Interceptors:
+    """The registered interceptors, grouped by the hooks they implement."""
+
+    def __init__(self, interceptors: Sequence[object] = ()) -> None:
+        self.produce: list[ProduceInterceptor] = [
+            i for i in interceptors if isinstance(i, ProduceInterceptor)
+        ]
+        self.fetch: list[FetchInterceptor] = [
+            i for i in interceptors if isinstance(i, FetchInterceptor)
+        ]
+        self.want_group_ids = bool(self.produce or self.fetch)

@@ -1,0 +1,253 @@
+"""Relaying one client connection to one broker connection with asyncio Protocols.
+
+The only module that moves bytes: `data_received` hands bytes to the connection's `KafkaExchange`
+and writes what it returns to the other side. Flow control is TCP back-pressure, never a queue: when
+one side's unsent bytes pass the high-water mark, the proxy stops reading from the other side until
+they drain, and it stops reading requests from a client with too many responses outstanding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .brokers import BrokerDirectory, TopicNames
+from .codec.errors import ProtocolError
+from .config import HostPort, Settings
+from .exchange import KafkaExchange, Outcome
+from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass
+class Runtime:
+    """Process-wide state every relayed connection shares."""
+
+    settings: Settings
+    brokers: BrokerDirectory
+    topics: TopicNames
+    interceptors: Interceptors
+    metrics: Metrics
+    connections: set[ClientConnection]
+
+
+class _Pauser:
+    """Pauses a transport's reading while any reason to pause remains."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client's connection to one of the proxy's listeners, and the broker connection behind it."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        node_id: int,
+        upstream_targets: Callable[[], Sequence[HostPort]],
+    ) -> None:
+        self._runtime = runtime
+        self._node_id = node_id
+        self._targets = upstream_targets
+        self._client: asyncio.Transport | None = None
+        self._server: asyncio.Transport | None = None
+        self._client_reading = _Pauser()
+        self._server_reading = _Pauser()
+        self._exchange: KafkaExchange | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.id = next(_connection_ids)
+
+    # -- client side -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        settings = self._runtime.settings
+        self._client = transport
+        self._client_reading.transport = transport
+        transport.set_write_buffer_limits(high=settings.buffer_high_water_bytes)
+        self._client_reading.pause("connecting")
+        self._runtime.connections.add(self)
+        self._runtime.metrics.add("connections_open", 1)
+        self._runtime.metrics.inc("connections_accepted", listener=self._listener_label)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
+
+    @property
+    def _listener_label(self) -> str:
+        return "bootstrap" if self._node_id < 0 else f"broker-{self._node_id}"
+
+    async def _connect_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self._runtime.settings.connect_timeout_ms / 1000
+        errors = []
+        for target in self._targets():
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: ServerConnection(self), target.host, target.port
+                    ),
+                    timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{target}: {exc or type(exc).__name__}")
+                continue
+            if self._closed:
+                transport.close()
+                return
+            self._attach_server(transport, target)
+            return
+        self._runtime.metrics.inc("upstream_connect_errors", listener=self._listener_label)
+        log.warning(
+            "connection %d: cannot reach any upstream for %s (%s); closing the client",
+            self.id, self._listener_label, "; ".join(errors) or "no address known",
+        )
+        self.close()
+
+    def _attach_server(self, transport: asyncio.BaseTransport, target: HostPort) -> None:
+        assert isinstance(transport, asyncio.Transport) and self._client is not None
+        runtime = self._runtime
+        self._server = transport
+        self._server_reading.transport = transport
+        transport.set_write_buffer_limits(high=runtime.settings.buffer_high_water_bytes)
+        peer = self._client.get_extra_info("peername") or ("?", 0)
+        context = ConnectionContext(
+            connection_id=self.id,
+            client_address=(str(peer[0]), int(peer[1])),
+            broker=BrokerEndpoint(self._node_id, target.host, target.port),
+        )
+        self._exchange = KafkaExchange(
+            context,
+            brokers=runtime.brokers,
+            topics=runtime.topics,
+            interceptors=runtime.interceptors,
+            metrics=runtime.metrics,
+            max_frame_size=runtime.settings.max_frame_bytes,
+            max_batch_bytes=runtime.settings.max_batch_bytes,
+        )
+        self._client_reading.resume("connecting")
+
+    def data_received(self, data: bytes) -> None:
+        exchange, server = self._exchange, self._server
+        if exchange is None or server is None:  # not reading until connected; be safe anyway
+            return
+        self._runtime.metrics.inc("bytes", len(data), direction="client_to_proxy")
+        outcome = self._run(exchange.from_client, data, "client")
+        if outcome is None:
+            return
+        self._deliver(server, outcome, "proxy_to_server")
+        if exchange.in_flight >= self._runtime.settings.max_in_flight:
+            self._client_reading.pause("in_flight")
+
+    def server_data(self, data: bytes) -> None:
+        exchange, client = self._exchange, self._client
+        if exchange is None or client is None:
+            return
+        self._runtime.metrics.inc("bytes", len(data), direction="server_to_proxy")
+        outcome = self._run(exchange.from_server, data, "broker")
+        if outcome is None:
+            return
+        self._deliver(client, outcome, "proxy_to_client")
+        if exchange.in_flight < self._runtime.settings.max_in_flight:
+            self._client_reading.resume("in_flight")
+
+    def _run(self, step: Callable[[bytes], Outcome], data: bytes, peer: str) -> Outcome | None:
+        try:
+            return step(data)
+        except ProtocolError as exc:
+            self._runtime.metrics.inc("protocol_errors", peer=peer)
+            log.warning(
+                "connection %d: closing, the %s sent invalid Kafka protocol: %s",
+                self.id, peer, exc,
+            )
+        except Exception:
+            self._runtime.metrics.inc("internal_errors")
+            log.exception("connection %d: closing after an internal error", self.id)
+        self.close()
+        return None
+
+    def _deliver(self, transport: asyncio.Transport, outcome: Outcome, direction: str) -> None:
+        sent = 0
+        for piece in outcome.send:
+            transport.write(piece)
+            sent += len(piece)
+        self._runtime.metrics.inc("bytes", sent, direction=direction)
+        for action in outcome.after_send:
+            action()
+
+    def pause_writing(self) -> None:  # the client is slow to read: stop reading the broker
+        self._server_reading.pause("client_slow")
+
+    def resume_writing(self) -> None:
+        self._server_reading.resume("client_slow")
+
+    def eof_received(self) -> bool:
+        self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    # -- broker side (called by ServerConnection) ------------------------------------------
+
+    def server_paused(self) -> None:
+        self._client_reading.pause("server_slow")
+
+    def server_resumed(self) -> None:
+        self._client_reading.resume("server_slow")
+
+    def close(self) -> None:
+        """Close both sides once; buffered bytes are still flushed by the transports."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        for transport in (self._client, self._server):
+            if transport is not None:
+                transport.close()
+        self._runtime.connections.discard(self)
+        self._runtime.metrics.add("connections_open", -1)
+
+
+class ServerConnection(asyncio.Protocol):
+    """The proxy's connection to a broker, on behalf of one client connection."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self._client = client
+
+    def data_received(self, data: bytes) -> None:
+        self._client.server_data(data)
+
+    def pause_writing(self) -> None:
+        self._client.server_paused()
+
+    def resume_writing(self) -> None:
+        self._client.server_resumed()
+
+    def eof_received(self) -> bool:
+        self._client.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.close()
