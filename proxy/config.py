@@ -1,8 +1,8 @@
-"""Settings: one env-file of `KTP_*` variables (plus the standard `OTEL_*` ones), validated at start.
+"""Settings: one env-file of `KTP_*` variables plus the standard `OTEL_*` ones, checked at start.
 
-Every setting is declared once below with its default and a one-line explanation; the documented
-example file `config/kafka-trace-proxy.env` lists the same. A bad value stops the proxy with one line
-naming the variable, the value and what is allowed.
+Every setting is declared once below with its default and a one-line explanation; the
+documented example file `config/kafka-trace-proxy.env` lists the same. A bad value stops the
+proxy with one line naming the variable, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -112,37 +112,95 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("KTP_UPSTREAM_BOOTSTRAP_SERVERS", None, _host_port_list,
-            "a comma-separated list of host:port", "Kafka brokers to bootstrap from (required)."),
-    Setting("KTP_LISTEN_ADDRESS", "127.0.0.1:9092", parse_host_port,
-            "host:port", "Where clients connect (the proxy's bootstrap address)."),
-    Setting("KTP_ADVERTISED_HOST", "", str,
-            "a host name or IP", "Host clients are told to dial for brokers; default: listen host."),
-    Setting("KTP_BROKER_PORT_BASE", "", _port,
-            "a port 1..65535", "Broker N is served on this port + N; default: listen port + 1."),
-    Setting("KTP_BROKER_PORT_MAP", "", _port_map,
-            "node=port pairs, comma-separated (1=9101,2=9102)",
-            "Explicit local port per broker node id; overrides the base port for those nodes."),
-    Setting("KTP_MAX_FRAME_BYTES", "104857600", _positive_int,
-            "a positive number of bytes", "Largest Kafka frame accepted in either direction."),
-    Setting("KTP_MAX_BATCH_BYTES", "1048588", _positive_int,
-            "a positive number of bytes",
-            "A batch that headers would grow past this is forwarded without them "
-            "(the broker's message.max.bytes)."),
-    Setting("KTP_MAX_IN_FLIGHT", "1000", _positive_int,
-            "a positive integer", "Requests per connection awaiting a response before the proxy "
-            "stops reading from that client."),
-    Setting("KTP_BUFFER_HIGH_WATER_BYTES", "1048576", _positive_int,
-            "a positive number of bytes",
-            "Unsent bytes on one side at which the proxy stops reading from the other."),
-    Setting("KTP_CONNECT_TIMEOUT_MS", "10000", _positive_int,
-            "a positive number of milliseconds", "Timeout for connecting to a broker."),
-    Setting("KTP_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
-            "one of debug, info, warning, error", "Log verbosity."),
-    Setting("KTP_LOG_FORMAT", "plain", _choice("plain", "json"),
-            "plain or json", "Log line format."),
-    Setting("KTP_TRACING_ENABLED", "true", _bool,
-            "true or false", "Inject and extract trace context and export spans."),
+    Setting(
+        "KTP_UPSTREAM_BOOTSTRAP_SERVERS",
+        None,
+        _host_port_list,
+        "a comma-separated list of host:port",
+        "Kafka brokers to bootstrap from (required).",
+    ),
+    Setting(
+        "KTP_LISTEN_ADDRESS",
+        "127.0.0.1:9092",
+        parse_host_port,
+        "host:port",
+        "Where clients connect (the proxy's bootstrap address).",
+    ),
+    Setting(
+        "KTP_ADVERTISED_HOST",
+        "",
+        str,
+        "a host name or IP",
+        "Host clients are told to dial for brokers; default: listen host.",
+    ),
+    Setting(
+        "KTP_BROKER_PORT_BASE",
+        "",
+        _port,
+        "a port 1..65535",
+        "Broker N is served on this port + N; default: listen port + 1.",
+    ),
+    Setting(
+        "KTP_BROKER_PORT_MAP",
+        "",
+        _port_map,
+        "node=port pairs, comma-separated (1=9101,2=9102)",
+        "Explicit local port per broker node id; overrides the base port for those nodes.",
+    ),
+    Setting(
+        "KTP_MAX_FRAME_BYTES",
+        "104857600",
+        _positive_int,
+        "a positive number of bytes",
+        "Largest Kafka frame accepted in either direction.",
+    ),
+    Setting(
+        "KTP_MAX_BATCH_BYTES",
+        "1048588",
+        _positive_int,
+        "a positive number of bytes",
+        "A batch that headers would grow past this is forwarded without them "
+        "(the broker's message.max.bytes).",
+    ),
+    Setting(
+        "KTP_MAX_IN_FLIGHT",
+        "1000",
+        _positive_int,
+        "a positive integer",
+        "Requests per connection awaiting a response before the proxy "
+        "stops reading from that client.",
+    ),
+    Setting(
+        "KTP_BUFFER_HIGH_WATER_BYTES",
+        "1048576",
+        _positive_int,
+        "a positive number of bytes",
+        "Unsent bytes on one side at which the proxy stops reading from the other.",
+    ),
+    Setting(
+        "KTP_CONNECT_TIMEOUT_MS",
+        "10000",
+        _positive_int,
+        "a positive number of milliseconds",
+        "Timeout for connecting to a broker.",
+    ),
+    Setting(
+        "KTP_LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "one of debug, info, warning, error",
+        "Log verbosity.",
+    ),
+    Setting(
+        "KTP_LOG_FORMAT", "plain", _choice("plain", "json"), "plain or json", "Log line format."
+    ),
+    Setting(
+        "KTP_TRACING_ENABLED",
+        "true",
+        _bool,
+        "true or false",
+        "Inject and extract trace context and export spans.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -214,7 +272,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     advertised = parsed["KTP_ADVERTISED_HOST"] or listen.host
     if advertised in ("0.0.0.0", "::"):
         raise ConfigError(
-            "KTP_ADVERTISED_HOST", env.get("KTP_ADVERTISED_HOST"),
+            "KTP_ADVERTISED_HOST",
+            env.get("KTP_ADVERTISED_HOST"),
             "required when listening on all interfaces: the address clients should dial",
         )
     base = parsed["KTP_BROKER_PORT_BASE"] or listen.port + 1

@@ -271,7 +271,7 @@ class KafkaExchange:
     def _on_response(self, entry: InFlight, held: Held, outcome: Outcome) -> bytes | memoryview:
         body = held.body
         try:
-            header_size, payload, version = self._decode_response(entry, body)
+            header_size, payload, _version = self._decode_response(entry, body)
         except ProtocolError as exc:
             # The broker's answer is authoritative even when we cannot read it.
             self._metrics.inc("responses_undecodable", api_key=entry.api_key)

@@ -1,4 +1,4 @@
-"""Log set-up: one line per event, plain or JSON; never payloads or secrets (callers log neither)."""
+"""Log set-up: one line per event, plain or JSON; never payloads or secrets."""
 
 from __future__ import annotations
 
@@ -27,9 +27,7 @@ def configure_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -59,7 +59,7 @@ class _Pauser:
 
 
 class ClientConnection(asyncio.Protocol):
-    """A client's connection to one of the proxy's listeners, and the broker connection behind it."""
+    """A client's connection to a proxy listener, and the broker connection behind it."""
 
     def __init__(
         self,
@@ -120,7 +120,9 @@ class ClientConnection(asyncio.Protocol):
         self._runtime.metrics.inc("upstream_connect_errors", listener=self._listener_label)
         log.warning(
             "connection %d: cannot reach any upstream for %s (%s); closing the client",
-            self.id, self._listener_label, "; ".join(errors) or "no address known",
+            self.id,
+            self._listener_label,
+            "; ".join(errors) or "no address known",
         )
         self.close()
 
@@ -178,7 +180,9 @@ class ClientConnection(asyncio.Protocol):
             self._runtime.metrics.inc("protocol_errors", peer=peer)
             log.warning(
                 "connection %d: closing, the %s sent invalid Kafka protocol: %s",
-                self.id, peer, exc,
+                self.id,
+                peer,
+                exc,
             )
         except Exception:
             self._runtime.metrics.inc("internal_errors")

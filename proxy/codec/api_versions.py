@@ -47,8 +47,8 @@ def restrict_api_versions(
             kept.append(entry)
             continue
         low, high = limits
-        new_min = entry.min_version if entry.api_key == ApiKey.PRODUCE else max(
-            entry.min_version, low
+        new_min = (
+            entry.min_version if entry.api_key == ApiKey.PRODUCE else max(entry.min_version, low)
         )
         new_max = min(entry.max_version, high)
         if new_min > new_max:
@@ -59,9 +59,12 @@ def restrict_api_versions(
         if (new_min, new_max) != (entry.min_version, entry.max_version):
             changed = True
             if on_narrowed:
-                on_narrowed(entry.api_key, (entry.min_version, entry.max_version), (new_min, new_max))
+                on_narrowed(
+                    entry.api_key, (entry.min_version, entry.max_version), (new_min, new_max)
+                )
             entry = dataclasses.replace(
-                entry, min_version=type(entry.min_version)(new_min),
+                entry,
+                min_version=type(entry.min_version)(new_min),
                 max_version=type(entry.max_version)(new_max),
             )
         kept.append(entry)

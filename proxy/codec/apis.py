@@ -62,6 +62,7 @@ GROUP_NAMING: frozenset[int] = frozenset(
 #: Every API the proxy may decode, so its advertised versions must be ones kio can parse.
 DECODED: frozenset[int] = ADDRESS_BEARING | GROUP_NAMING | {ApiKey.API_VERSIONS}
 
+
 @cache
 def _name(api_key: int) -> str:
     from kio.schema.index import api_key_map

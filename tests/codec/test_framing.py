@@ -1,6 +1,8 @@
-"""FrameScanner: frames split at any byte boundary come out whole, in order, uncopied when passed."""
+"""FrameScanner: frames split anywhere come out whole, in order, and uncopied when passed on."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 from hypothesis import given
@@ -24,7 +26,7 @@ def _scanner(hold_marker: int | None = None, max_size: int = 1 << 20) -> FrameSc
 def _replay(scanner: FrameScanner, stream: bytes, cuts: list[int]) -> tuple[bytes, list[bytes]]:
     forwarded, held = bytearray(), []
     positions = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for start, end in zip(positions, positions[1:], strict=False):
+    for start, end in itertools.pairwise(positions):
         for piece in scanner.feed(stream[start:end]):
             if isinstance(piece, Held):
                 held.append(bytes(piece.frame))

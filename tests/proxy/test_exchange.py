@@ -61,8 +61,11 @@ def _decode(api_key: int, version: int, sent: bytes):
 
 def _metadata_response() -> md.MetadataResponse:
     topic = md.MetadataResponseTopic(
-        error_code=ErrorCode.none, name="orders", topic_id=uuid.UUID(int=42),
-        partitions=(), topic_authorized_operations=i32(-2147483648),
+        error_code=ErrorCode.none,
+        name="orders",
+        topic_id=uuid.UUID(int=42),
+        partitions=(),
+        topic_authorized_operations=i32(-2147483648),
     )
     return md.MetadataResponse(
         throttle_time=ZERO,
@@ -70,15 +73,21 @@ def _metadata_response() -> md.MetadataResponse:
             md.MetadataResponseBroker(node_id=i32(1), host="10.0.0.1", port=i32(9092)),
             md.MetadataResponseBroker(node_id=i32(7), host="10.0.0.7", port=i32(9092)),
         ),
-        cluster_id="c", controller_id=i32(1), topics=(topic,),
+        cluster_id="c",
+        controller_id=i32(1),
+        topics=(topic,),
     )
 
 
 def test_requests_the_proxy_does_not_need_pass_through_as_the_same_object(
     exchange: KafkaExchange,
 ) -> None:
-    data = request_frame(MetadataRequest(topics=None, allow_auto_topic_creation=True,
-                                         include_topic_authorized_operations=False), 5)
+    data = request_frame(
+        MetadataRequest(
+            topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+        ),
+        5,
+    )
     outcome = exchange.from_client(data)
     assert len(outcome.send) == 1 and outcome.send[0].obj is data
     assert exchange.in_flight == 1
@@ -87,22 +96,37 @@ def test_requests_the_proxy_does_not_need_pass_through_as_the_same_object(
 def test_metadata_brokers_are_rewritten_to_local_listeners(
     exchange: KafkaExchange, seen: list[int]
 ) -> None:
-    exchange.from_client(request_frame(MetadataRequest(
-        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
-    ), 5))
+    exchange.from_client(
+        request_frame(
+            MetadataRequest(
+                topics=None,
+                allow_auto_topic_creation=True,
+                include_topic_authorized_operations=False,
+            ),
+            5,
+        )
+    )
     sent = _sent(exchange.from_server(response_frame(_metadata_response(), 5)))
     brokers = _decode(3, 12, sent).brokers
     assert [(b.node_id, b.host, b.port) for b in brokers] == [
-        (1, "127.0.0.1", 19001), (7, "127.0.0.1", 20007)
+        (1, "127.0.0.1", 19001),
+        (7, "127.0.0.1", 20007),
     ]
     assert seen == [1, 7]
     assert exchange.in_flight == 0
 
 
 def test_metadata_teaches_topic_ids(exchange: KafkaExchange) -> None:
-    exchange.from_client(request_frame(MetadataRequest(
-        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
-    ), 1))
+    exchange.from_client(
+        request_frame(
+            MetadataRequest(
+                topics=None,
+                allow_auto_topic_creation=True,
+                include_topic_authorized_operations=False,
+            ),
+            1,
+        )
+    )
     exchange.from_server(response_frame(_metadata_response(), 1))
     assert exchange._topics.name(uuid.UUID(int=42)) == "orders"
 
@@ -110,41 +134,66 @@ def test_metadata_teaches_topic_ids(exchange: KafkaExchange) -> None:
 def test_find_coordinator_v3_top_level_address_is_rewritten(exchange: KafkaExchange) -> None:
     exchange.from_client(request_frame(fc3_req.FindCoordinatorRequest(key="g", key_type=i8(0)), 9))
     response = fc3.FindCoordinatorResponse(
-        throttle_time=ZERO, error_code=ErrorCode.none, error_message=None,
-        node_id=i32(2), host="10.0.0.2", port=i32(9092),
+        throttle_time=ZERO,
+        error_code=ErrorCode.none,
+        error_message=None,
+        node_id=i32(2),
+        host="10.0.0.2",
+        port=i32(9092),
     )
     decoded = _decode(10, 3, _sent(exchange.from_server(response_frame(response, 9))))
     assert (decoded.host, decoded.port) == ("127.0.0.1", 19002)
 
 
 def test_find_coordinator_v4_skips_the_no_coordinator_entry(exchange: KafkaExchange) -> None:
-    exchange.from_client(request_frame(
-        fc4_req.FindCoordinatorRequest(key_type=i8(0), coordinator_keys=("a", "b")), 3
-    ))
-    response = fc4.FindCoordinatorResponse(throttle_time=ZERO, coordinators=(
-        fc4.Coordinator(key="a", node_id=i32(3), host="10.0.0.3", port=i32(9092),
-                        error_code=ErrorCode.none, error_message=None),
-        fc4.Coordinator(key="b", node_id=i32(-1), host="", port=i32(-1),
-                        error_code=ErrorCode.coordinator_not_available, error_message=None),
-    ))
+    exchange.from_client(
+        request_frame(
+            fc4_req.FindCoordinatorRequest(key_type=i8(0), coordinator_keys=("a", "b")), 3
+        )
+    )
+    response = fc4.FindCoordinatorResponse(
+        throttle_time=ZERO,
+        coordinators=(
+            fc4.Coordinator(
+                key="a",
+                node_id=i32(3),
+                host="10.0.0.3",
+                port=i32(9092),
+                error_code=ErrorCode.none,
+                error_message=None,
+            ),
+            fc4.Coordinator(
+                key="b",
+                node_id=i32(-1),
+                host="",
+                port=i32(-1),
+                error_code=ErrorCode.coordinator_not_available,
+                error_message=None,
+            ),
+        ),
+    )
     decoded = _decode(10, 4, _sent(exchange.from_server(response_frame(response, 3))))
     assert [(c.node_id, c.host, c.port) for c in decoded.coordinators] == [
-        (3, "127.0.0.1", 19003), (-1, "", -1)
+        (3, "127.0.0.1", 19003),
+        (-1, "", -1),
     ]
 
 
 def _api_versions(entries: list[tuple[int, int, int]]) -> ApiVersionsResponse:
     return ApiVersionsResponse(
         error_code=ErrorCode.none,
-        api_keys=tuple(ApiVersion(api_key=i16(k), min_version=i16(lo), max_version=i16(hi))
-                       for k, lo, hi in entries),
+        api_keys=tuple(
+            ApiVersion(api_key=i16(k), min_version=i16(lo), max_version=i16(hi))
+            for k, lo, hi in entries
+        ),
         throttle_time=ZERO,
     )
 
 
 def test_api_versions_advertise_only_what_the_proxy_can_parse(exchange: KafkaExchange) -> None:
-    exchange.from_client(request_frame(ApiVersionsRequest(
-        client_software_name="t", client_software_version="1"), 1))
+    exchange.from_client(
+        request_frame(ApiVersionsRequest(client_software_name="t", client_software_version="1"), 1)
+    )
     response = _api_versions([(0, 0, 99), (1, 0, 99), (3, 0, 13), (9999, 1, 5), (78, 0, 0)])
     decoded = _decode(18, 3, _sent(exchange.from_server(response_frame(response, 1))))
     ranges = {v.api_key: (v.min_version, v.max_version) for v in decoded.api_keys}
@@ -158,15 +207,21 @@ def test_api_versions_advertise_only_what_the_proxy_can_parse(exchange: KafkaExc
 def test_api_versions_already_within_range_are_forwarded_byte_for_byte(
     exchange: KafkaExchange,
 ) -> None:
-    exchange.from_client(request_frame(ApiVersionsRequest(
-        client_software_name="t", client_software_version="1"), 1))
+    exchange.from_client(
+        request_frame(ApiVersionsRequest(client_software_name="t", client_software_version="1"), 1)
+    )
     data = response_frame(_api_versions([(0, 3, 12), (1, 4, 17), (3, 0, 12)]), 1)
     assert _sent(exchange.from_server(data)) == data
 
 
 def test_client_id_is_learned_from_requests(exchange: KafkaExchange) -> None:
-    exchange.from_client(request_frame(ApiVersionsRequest(
-        client_software_name="t", client_software_version="1"), 1, client_id="billing-app"))
+    exchange.from_client(
+        request_frame(
+            ApiVersionsRequest(client_software_name="t", client_software_version="1"),
+            1,
+            client_id="billing-app",
+        )
+    )
     assert exchange.context.client_id == "billing-app"
 
 
@@ -178,9 +233,16 @@ def test_a_response_to_no_outstanding_request_is_a_protocol_error(
 
 
 def test_out_of_order_response_is_a_protocol_error(exchange: KafkaExchange) -> None:
-    exchange.from_client(request_frame(MetadataRequest(
-        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
-    ), 1))
+    exchange.from_client(
+        request_frame(
+            MetadataRequest(
+                topics=None,
+                allow_auto_topic_creation=True,
+                include_topic_authorized_operations=False,
+            ),
+            1,
+        )
+    )
     with pytest.raises(ProtocolError):
         exchange.from_server(response_frame(_metadata_response(), 2))
 
@@ -188,17 +250,23 @@ def test_out_of_order_response_is_a_protocol_error(exchange: KafkaExchange) -> N
 def _produce(acks: int, version: int = 9):
     module = pr if version == 9 else pr11
     return module.ProduceRequest(
-        acks=i16(acks), timeout=datetime.timedelta(seconds=1), topic_data=(
-            module.TopicProduceData(name="t", partition_data=(
-                module.PartitionProduceData(index=i32(0), records=None),)),
+        acks=i16(acks),
+        timeout=datetime.timedelta(seconds=1),
+        topic_data=(
+            module.TopicProduceData(
+                name="t", partition_data=(module.PartitionProduceData(index=i32(0), records=None),)
+            ),
         ),
     )
 
 
 def test_acks_zero_produce_expects_no_response(exchange: KafkaExchange) -> None:
-    data = request_frame(_produce(acks=0), 1) + request_frame(MetadataRequest(
-        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
-    ), 2)
+    data = request_frame(_produce(acks=0), 1) + request_frame(
+        MetadataRequest(
+            topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+        ),
+        2,
+    )
     assert _sent(exchange.from_client(data)) == data
     exchange.from_server(response_frame(_metadata_response(), 2))
     assert exchange.in_flight == 0
@@ -207,7 +275,8 @@ def test_acks_zero_produce_expects_no_response(exchange: KafkaExchange) -> None:
 def test_produce_response_node_endpoints_are_rewritten(exchange: KafkaExchange) -> None:
     exchange.from_client(request_frame(_produce(acks=-1, version=11), 4))
     response = pres11.ProduceResponse(
-        responses=(), throttle_time=ZERO,
+        responses=(),
+        throttle_time=ZERO,
         node_endpoints=(pres11.NodeEndpoint(node_id=i32(5), host="10.0.0.5", port=i32(9092)),),
     )
     decoded = _decode(0, 11, _sent(exchange.from_server(response_frame(response, 4))))
