@@ -14,6 +14,7 @@ from .interceptors import Interceptors
 from .listeners import Listeners
 from .metrics import Metrics
 from .relay import Runtime
+from .tracing.setup import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,25 @@ log = logging.getLogger(__name__)
 class Proxy:
     """One running proxy: start it, serve until stopped, then stop it."""
 
-    def __init__(self, settings: Settings, interceptors: Sequence[object] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        interceptors: Sequence[object] | None = None,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """`interceptors` defaults to tracing as configured by `settings`."""
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
+        if interceptors is None:
+            tracing = tracing or build_tracing(
+                settings.tracing_enabled,
+                settings.otel,
+                self.metrics,
+                settings.consumer_span_mode,
+            )
+            interceptors = tracing.interceptors
+        self.tracing = tracing or Tracing()
         brokers = BrokerDirectory(
             settings.advertised_host,
             PortMapping(settings.broker_port_base, settings.broker_port_map),
@@ -63,6 +80,7 @@ class Proxy:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(self.tracing.shutdown)
         self._stopped.set()
 
     async def serve_forever(self) -> None:

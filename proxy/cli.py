@@ -14,6 +14,8 @@ from pathlib import Path
 from .app import Proxy
 from .config import ConfigError, Settings, load_settings, read_env_file
 from .logs import configure_logging
+from .metrics import Metrics
+from .tracing.setup import Tracing, build_tracing
 
 log = logging.getLogger("proxy")
 
@@ -32,14 +34,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def settings_from(env_file: Path | None) -> Settings:
-    environ = dict(os.environ)
+    """Settings from the env-file overlaid by the environment. The file's values are also put
+    into the process environment, where the OpenTelemetry exporters read their own variables."""
     if env_file is not None:
-        environ = {**read_env_file(env_file), **environ}
-    return load_settings(environ)
+        for key, value in read_env_file(env_file).items():
+            os.environ.setdefault(key, value)
+    return load_settings(os.environ)
 
 
-async def _run(settings: Settings) -> None:
-    proxy = Proxy(settings)
+async def _run(settings: Settings, tracing: Tracing, metrics: Metrics) -> None:
+    proxy = Proxy(settings, tracing=tracing, metrics=metrics)
     await proxy.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -60,12 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for name in settings.unknown:
         log.warning("unknown setting %s ignored (a typo?)", name)
+    metrics = Metrics()
+    try:
+        tracing = build_tracing(
+            settings.tracing_enabled, settings.otel, metrics, settings.consumer_span_mode
+        )
+    except ValueError as exc:
+        print(f"kafka-trace-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, tracing, metrics))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

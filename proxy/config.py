@@ -201,6 +201,14 @@ SETTINGS: tuple[Setting, ...] = (
         "true or false",
         "Inject and extract trace context and export spans.",
     ),
+    Setting(
+        "KTP_CONSUMER_SPAN_MODE",
+        "parent",
+        _choice("parent", "link"),
+        "parent or link",
+        "Receive spans as children of the record's context (parent) or as new traces "
+        "linking to it (link).",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -221,6 +229,7 @@ class Settings:
     log_level: str
     log_format: str
     tracing_enabled: bool
+    consumer_span_mode: str
     #: Every OTEL_* variable, passed on to the OpenTelemetry SDK configuration.
     otel: Mapping[str, str]
     #: KTP_* variables that are not settings (likely typos), reported at start.
@@ -291,6 +300,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=parsed["KTP_LOG_LEVEL"],
         log_format=parsed["KTP_LOG_FORMAT"],
         tracing_enabled=parsed["KTP_TRACING_ENABLED"],
+        consumer_span_mode=parsed["KTP_CONSUMER_SPAN_MODE"],
         otel={k: v for k, v in env.items() if k.startswith("OTEL_")},
         unknown=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in _BY_NAME)),
     )

@@ -28,6 +28,8 @@ def _writer(schema: type) -> Any:
 
 
 def _decode(schema: type, body: bytes | memoryview, offset: int) -> Any:
+    if isinstance(body, memoryview) and not body.readonly:
+        body = body.toreadonly()  # kio accepts read-only buffers only; this does not copy
     try:
         value, size = _reader(schema)(body, offset)
     except Exception as exc:  # kio raises a range of errors on bad input

@@ -1,0 +1,1 @@
+"""Black-box tracing: trace context into produced records, spans out of fetched ones."""

@@ -1,0 +1,168 @@
+"""The consumer side: a `receive` span for each fetched record that carries a context.
+
+Runs after the Fetch response was handed to the client, so it adds no latency; it only reads
+(consumers verify CRCs, the bytes are never changed). Control batches, records of aborted
+transactions (for read_committed fetches), partial trailing batches and legacy message formats are
+skipped. A record at an offset the same group (or client) already received is marked redelivered.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
+from opentelemetry.semconv.attributes import server_attributes
+from opentelemetry.trace import Link, SpanKind
+
+from ..codec.records import BatchView, RecordBatchError
+from ..codec.compression import CompressionError
+from ..interceptors import ConnectionContext, FetchedPartition
+from ..metrics import Metrics
+from .core import TracingCore
+from .spans import finished_span, new_span_id, new_trace_id, printable_key
+
+log = logging.getLogger(__name__)
+
+AGE_ATTRIBUTE = "ktp.record.age_ms"
+REDELIVERED_ATTRIBUTE = "ktp.redelivered"
+#: Partitions whose delivered offsets are remembered, process-wide, oldest forgotten first.
+MAX_TRACKED_PARTITIONS = 100_000
+MAX_LINKS = 128
+
+
+class DeliveredOffsets:
+    """Highest offset delivered per (group, topic, partition), bounded in size."""
+
+    def __init__(self, limit: int = MAX_TRACKED_PARTITIONS) -> None:
+        self._high: collections.OrderedDict[tuple[str, str, int], int] = collections.OrderedDict()
+        self._limit = limit
+
+    def high(self, key: tuple[str, str, int]) -> int:
+        return self._high.get(key, -1)
+
+    def update(self, key: tuple[str, str, int], offset: int) -> None:
+        if offset > self._high.get(key, -1):
+            self._high[key] = offset
+            self._high.move_to_end(key)
+            if len(self._high) > self._limit:
+                self._high.popitem(last=False)
+
+
+def _visible_batches(fetched: FetchedPartition) -> list[BatchView]:
+    """Data batches a consumer will see: no control batches, no aborted transactions."""
+    aborted = sorted(fetched.aborted_transactions, key=lambda a: a[1])
+    aborting: set[int] = set()
+    visible = []
+    for batch in fetched.batches():
+        if batch.is_legacy:
+            continue
+        while aborted and aborted[0][1] <= batch.base_offset:
+            aborting.add(aborted.pop(0)[0])
+        if batch.is_control:
+            aborting.discard(batch.producer_id)  # an abort marker ends that transaction
+            continue
+        if batch.is_transactional and batch.producer_id in aborting:
+            continue
+        visible.append(batch)
+    return visible
+
+
+class FetchTracer:
+    """Fetch interceptor: extract record contexts and record `receive {topic}` spans."""
+
+    def __init__(self, core: TracingCore, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+        self._delivered = DeliveredOffsets()
+
+    def on_fetch_response(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
+        try:
+            self._trace(ctx, fetched)
+        except (RecordBatchError, CompressionError) as exc:
+            self._metrics.inc("fetch_records_unreadable")
+            log.debug("cannot read fetched records of %s: %s", fetched.topic, exc)
+
+    def _trace(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
+        core = self._core
+        now_ns = time.time_ns()
+        now_ms = now_ns // 1_000_000
+        topic = fetched.topic or str(fetched.topic_id)
+        owner = ctx.group_id or ctx.client_id or f"connection-{ctx.connection_id}"
+        key = (owner, topic, fetched.partition)
+        high = self._delivered.high(key)
+        common: dict[str, str | int | bool] = {
+            messaging.MESSAGING_SYSTEM: "kafka",
+            messaging.MESSAGING_OPERATION_TYPE: "receive",
+            messaging.MESSAGING_OPERATION_NAME: "poll",
+            messaging.MESSAGING_DESTINATION_NAME: topic,
+            messaging.MESSAGING_DESTINATION_PARTITION_ID: str(fetched.partition),
+            server_attributes.SERVER_ADDRESS: ctx.broker.host,
+            server_attributes.SERVER_PORT: ctx.broker.port,
+        }
+        if ctx.group_id:
+            common[messaging.MESSAGING_CONSUMER_GROUP_NAME] = ctx.group_id
+        if ctx.client_id:
+            common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
+        name = f"receive {topic}"
+        links: list[Link] = []
+        highest = high
+        with_context = without_context = 0
+        for batch in _visible_batches(fetched):
+            for record in batch.records():
+                highest = max(highest, record.offset)
+                context = core.propagation.extract(record.headers)
+                if context is None:
+                    without_context += 1
+                    continue
+                with_context += 1
+                if not core.sampler.sample_child(context.trace_id, context.sampled):
+                    continue
+                if core.consumer_span_mode == "link":
+                    if len(links) < MAX_LINKS:
+                        links.append(Link(context.span_context()))
+                    continue
+                attributes = dict(common)
+                attributes[messaging.MESSAGING_KAFKA_OFFSET] = record.offset
+                attributes[AGE_ATTRIBUTE] = max(now_ms - record.timestamp, 0)
+                if record.offset <= high:
+                    attributes[REDELIVERED_ATTRIBUTE] = True
+                key_text = printable_key(record.key)
+                if key_text is not None:
+                    attributes[messaging.MESSAGING_KAFKA_MESSAGE_KEY] = key_text
+                core.pipeline.submit(
+                    finished_span(
+                        name=name,
+                        kind=SpanKind.CONSUMER,
+                        trace_id=context.trace_id,
+                        span_id=new_span_id(),
+                        parent=context.span_context(),
+                        start_ns=now_ns,
+                        end_ns=time.time_ns(),
+                        attributes=attributes,
+                        resource=core.resource,
+                    )
+                )
+        if links:
+            attributes = dict(common)
+            attributes[messaging.MESSAGING_BATCH_MESSAGE_COUNT] = len(links)
+            core.pipeline.submit(
+                finished_span(
+                    name=name,
+                    kind=SpanKind.CONSUMER,
+                    trace_id=new_trace_id(),
+                    span_id=new_span_id(),
+                    parent=None,
+                    start_ns=now_ns,
+                    end_ns=time.time_ns(),
+                    attributes=attributes,
+                    resource=core.resource,
+                    links=links,
+                )
+            )
+        self._delivered.update(key, highest)
+        if with_context:
+            self._metrics.inc("records_traced", with_context, side="fetch", outcome="context")
+        if without_context:
+            self._metrics.inc("records_traced", without_context, side="fetch", outcome="no_context")

@@ -1,0 +1,190 @@
+"""Span export that never blocks traffic: a bounded queue drained by one worker thread.
+
+`submit` never waits: when the queue is full (collector slow or down) the span is dropped and
+counted. The worker sends batches with the exporter chosen by the standard variables
+(`OTEL_TRACES_EXPORTER`: otlp, zipkin, console, none; `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`:
+http/protobuf or grpc; endpoints, headers and certificates are read by the exporters themselves).
+Queue and batch sizes follow `OTEL_BSP_*`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("otlp", "zipkin", "console", "none")
+PROTOCOLS = ("http/protobuf", "grpc")
+
+
+class ExportConfigError(ValueError):
+    pass
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise ExportConfigError(f"{name}={raw!r} is invalid: expected a positive integer") from None
+    return value
+
+
+def make_exporter(env: Mapping[str, str]) -> SpanExporter | None:
+    """The exporter named by OTEL_TRACES_EXPORTER (None for `none`)."""
+    name = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
+    if "," in name:
+        name = name.split(",", 1)[0].strip()
+    if name not in EXPORTERS:
+        raise ExportConfigError(
+            f"OTEL_TRACES_EXPORTER={name!r} is invalid: expected one of {', '.join(EXPORTERS)}"
+        )
+    if name == "none":
+        return None
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if name == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter()
+    protocol = (
+        (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        .strip()
+        .lower()
+    )
+    if protocol not in PROTOCOLS:
+        raise ExportConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is invalid: expected one of "
+            f"{', '.join(PROTOCOLS)}"
+        )
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    return Http()
+
+
+class SpanPipeline:
+    """Bounded, asynchronous span export with drop counting."""
+
+    def __init__(
+        self,
+        exporter: SpanExporter | None,
+        metrics: Metrics,
+        *,
+        max_queue: int = 2048,
+        batch_size: int = 512,
+        delay_seconds: float = 5.0,
+    ) -> None:
+        self._exporter = exporter
+        self._metrics = metrics
+        self._max_queue = max_queue
+        self._batch_size = min(batch_size, max_queue)
+        self._delay = delay_seconds
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if exporter is not None:
+            self._thread = threading.Thread(target=self._run, name="span-export", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], metrics: Metrics) -> SpanPipeline:
+        return cls(
+            make_exporter(env),
+            metrics,
+            max_queue=_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048),
+            batch_size=_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
+            delay_seconds=_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._exporter is not None
+
+    def submit(self, span: ReadableSpan) -> None:
+        """Queue a finished span; drop it (counted) if the queue is full. Never blocks."""
+        if self._exporter is None or self._stopping:
+            return
+        if len(self._queue) >= self._max_queue:
+            self._metrics.inc("spans_dropped", reason="queue_full")
+            return
+        self._queue.append(span)
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    def _take_batch(self) -> list[ReadableSpan]:
+        batch: list[ReadableSpan] = []
+        queue = self._queue
+        while queue and len(batch) < self._batch_size:
+            batch.append(queue.popleft())
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            while batch := self._take_batch():
+                self._export(batch)
+                if len(self._queue) < self._batch_size and not self._stopping:
+                    break
+            if self._stopping and not self._queue:
+                return
+
+    def _export(self, batch: list[ReadableSpan]) -> None:
+        assert self._exporter is not None
+        started = time.monotonic()
+        try:
+            result: Any = self._exporter.export(batch)
+        except Exception as exc:  # an exporter bug must not kill the worker
+            log.warning("span export failed: %s", exc)
+            result = SpanExportResult.FAILURE
+        if result == SpanExportResult.SUCCESS:
+            self._metrics.inc("spans_exported", len(batch))
+        else:
+            self._metrics.inc("spans_dropped", len(batch), reason="export_failed")
+        self._metrics.inc("span_export_seconds", time.monotonic() - started)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Flush what is queued (bounded by `timeout`), then stop the exporter."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            dropped = len(self._queue)
+            self._queue.clear()
+            self._metrics.inc("spans_dropped", dropped, reason="shutdown")
+        assert self._exporter is not None
+        self._exporter.shutdown()
+        self._thread = None
+
+
+def env_with_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """The process environment overlaid with settings from the env-file."""
+    return {**env, **os.environ}

@@ -1,0 +1,136 @@
+"""The producer side: give every produced record a creation context and a `send` span.
+
+For each record of a Produce request: a record that already carries a context (the application is
+instrumented) keeps its headers untouched and the proxy's span becomes a child of that context;
+any other record gets a new context written into its headers, sampled or not, so the consumer side
+honours the same decision. Only sampled records get span objects, built when the broker answers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
+from opentelemetry.trace import SpanContext, SpanKind
+
+from ..interceptors import ConnectionContext, ProducePartition, ProduceResult
+from ..metrics import Metrics
+from .core import TracingCore
+from .spans import finished_span, new_span_id, new_trace_id, printable_key
+
+
+@dataclass(slots=True)
+class PendingSend:
+    trace_id: int
+    span_id: int
+    parent: SpanContext | None
+    offset_delta: int
+    key: str | None
+
+
+@dataclass(slots=True)
+class PendingPartition:
+    topic: str
+    partition: int
+    start_ns: int
+    sends: list[PendingSend]
+
+
+class ProduceTracer:
+    """Produce interceptor: inject context, then record `send {topic}` spans."""
+
+    def __init__(self, core: TracingCore, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+
+    def on_produce_request(
+        self, ctx: ConnectionContext, partition: ProducePartition
+    ) -> PendingPartition | None:
+        core = self._core
+        sampler, propagation = core.sampler, core.propagation
+        sends: list[PendingSend] = []
+        counts = {"traced": 0, "kept": 0, "unsampled": 0}
+
+        def headers_for(record: Any) -> list[tuple[str, bytes]]:
+            existing = propagation.extract(record.headers) if record.headers else None
+            if existing is not None:
+                counts["kept"] += 1
+                if sampler.sample_child(existing.trace_id, existing.sampled):
+                    sends.append(
+                        PendingSend(
+                            existing.trace_id,
+                            new_span_id(),
+                            existing.span_context(),
+                            record.offset,
+                            printable_key(record.key),
+                        )
+                    )
+                return []
+            trace_id, span_id = new_trace_id(), new_span_id()
+            if sampler.sample_root(trace_id):
+                sends.append(
+                    PendingSend(trace_id, span_id, None, record.offset, printable_key(record.key))
+                )
+                counts["traced"] += 1
+                return propagation.inject(trace_id, span_id, True)
+            counts["unsampled"] += 1
+            return propagation.inject(trace_id, span_id, False)
+
+        start_ns = time.time_ns()
+        partition.inject(headers_for)
+        metrics = self._metrics
+        for outcome, count in counts.items():
+            if count:
+                metrics.inc("records_traced", count, side="produce", outcome=outcome)
+        if not sends:
+            return None
+        topic = partition.topic or str(partition.topic_id)
+        return PendingPartition(topic, partition.partition, start_ns, sends)
+
+    def on_produce_response(
+        self, ctx: ConnectionContext, state: PendingPartition | None, result: ProduceResult | None
+    ) -> None:
+        if state is None:
+            return
+        end_ns = time.time_ns()
+        core = self._core
+        common: dict[str, str | int | bool] = {
+            messaging.MESSAGING_SYSTEM: "kafka",
+            messaging.MESSAGING_OPERATION_TYPE: "send",
+            messaging.MESSAGING_OPERATION_NAME: "send",
+            messaging.MESSAGING_DESTINATION_NAME: state.topic,
+            messaging.MESSAGING_DESTINATION_PARTITION_ID: str(state.partition),
+            server_attributes.SERVER_ADDRESS: ctx.broker.host,
+            server_attributes.SERVER_PORT: ctx.broker.port,
+        }
+        if ctx.client_id:
+            common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
+        error = None
+        if result is not None and result.error_code:
+            error = result.error_name or str(result.error_code)
+            common[error_attributes.ERROR_TYPE] = error
+        base_offset = result.base_offset if result is not None and not error else -1
+        name = f"send {state.topic}"
+        for send in state.sends:
+            attributes = dict(common)
+            if send.key is not None:
+                attributes[messaging.MESSAGING_KAFKA_MESSAGE_KEY] = send.key
+            if base_offset >= 0:
+                attributes[messaging.MESSAGING_KAFKA_OFFSET] = base_offset + send.offset_delta
+            core.pipeline.submit(
+                finished_span(
+                    name=name,
+                    kind=SpanKind.PRODUCER,
+                    trace_id=send.trace_id,
+                    span_id=send.span_id,
+                    parent=send.parent,
+                    start_ns=state.start_ns,
+                    end_ns=end_ns,
+                    attributes=attributes,
+                    resource=core.resource,
+                    error=error,
+                )
+            )
