@@ -16,8 +16,8 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import Link, SpanKind
 
-from ..codec.records import BatchView, RecordBatchError
 from ..codec.compression import CompressionError
+from ..codec.records import BatchView, RecordBatchError
 from ..interceptors import ConnectionContext, FetchedPartition
 from ..metrics import Metrics
 from .core import TracingCore
