@@ -18,7 +18,9 @@ def test_traceparent_round_trip() -> None:
     assert value == b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert parse_traceparent(value) == (TRACE_ID, SPAN_ID, True)
     assert parse_traceparent(format_traceparent(TRACE_ID, SPAN_ID, False)) == (
-        TRACE_ID, SPAN_ID, False,
+        TRACE_ID,
+        SPAN_ID,
+        False,
     )
 
 
@@ -65,9 +67,16 @@ def test_headers_of_another_format_are_not_a_context_for_this_one() -> None:
 
 
 @pytest.mark.parametrize("names", ["tracecontext", "b3", "b3multi", "jaeger"])
-@given(junk=st.lists(st.tuples(st.sampled_from(
-    ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "uber-trace-id", "tracestate"]
-), st.one_of(st.none(), st.binary(max_size=80)))))
+@given(
+    junk=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "uber-trace-id", "tracestate"]
+            ),
+            st.one_of(st.none(), st.binary(max_size=80)),
+        )
+    )
+)
 def test_junk_trace_headers_are_ignored_safely(names: str, junk: list) -> None:
     Propagation(names.split(",")).extract(junk)
 

@@ -1,0 +1,97 @@
+"""Span export never blocks the caller: a full queue drops (and counts), a failing exporter too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from proxy.metrics import Metrics
+from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
+
+
+class StuckExporter(SpanExporter):
+    """A collector that takes forever: export blocks until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.release.wait(10)
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+class FailingExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        raise ConnectionRefusedError("collector down")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_submit_never_blocks_and_counts_drops_when_the_collector_is_stuck() -> None:
+    exporter, metrics = StuckExporter(), Metrics()
+    pipeline = SpanPipeline(exporter, metrics, max_queue=100, batch_size=10, delay_seconds=0.01)
+    span = ReadableSpan("s")
+    started = time.perf_counter()
+    for _ in range(10_000):
+        pipeline.submit(span)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0
+    assert metrics.value("spans_dropped", reason="queue_full") >= 10_000 - 110
+    exporter.release.set()
+    pipeline.shutdown()
+
+
+def test_exporter_failures_are_counted_not_raised() -> None:
+    metrics = Metrics()
+    pipeline = SpanPipeline(FailingExporter(), metrics, batch_size=5, delay_seconds=0.01)
+    for _ in range(12):
+        pipeline.submit(ReadableSpan("s"))
+    pipeline.shutdown()
+    assert metrics.value("spans_dropped", reason="export_failed") == 12
+    assert metrics.total("spans_exported") == 0
+
+
+def test_shutdown_flushes_queued_spans() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, metrics = InMemorySpanExporter(), Metrics()
+    pipeline = SpanPipeline(exporter, metrics, delay_seconds=60)
+    for _ in range(7):
+        pipeline.submit(ReadableSpan("s"))
+    pipeline.shutdown()
+    assert len(exporter.get_finished_spans()) == 7
+    assert metrics.value("spans_exported") == 7
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "carrier-pigeon"}, "OTEL_TRACES_EXPORTER='carrier-pigeon'"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'"),
+    ],
+)
+def test_bad_exporter_settings_name_the_variable(env: dict, message: str) -> None:
+    with pytest.raises(ExportConfigError, match=message):
+        make_exporter(env)
+
+
+def test_bad_queue_size_names_the_variable() -> None:
+    with pytest.raises(ExportConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE='-1'"):
+        SpanPipeline.from_env(
+            {"OTEL_BSP_MAX_QUEUE_SIZE": "-1", "OTEL_TRACES_EXPORTER": "none"}, Metrics()
+        )
+
+
+def test_none_exporter_disables_export() -> None:
+    assert make_exporter({"OTEL_TRACES_EXPORTER": "none"}) is None

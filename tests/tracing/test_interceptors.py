@@ -1,0 +1,234 @@
+"""The tracing interceptors on real record batches: what goes into headers, which spans come out."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from proxy.codec.records import iter_batches
+from proxy.interceptors import (
+    BrokerEndpoint,
+    ConnectionContext,
+    FetchedPartition,
+    ProducePartition,
+    ProduceResult,
+)
+from proxy.metrics import Metrics
+from proxy.tracing.consumer import AGE_ATTRIBUTE, REDELIVERED_ATTRIBUTE, FetchTracer
+from proxy.tracing.core import TracingCore
+from proxy.tracing.export import SpanPipeline
+from proxy.tracing.producer import ProduceTracer
+from proxy.tracing.propagation import Propagation
+from proxy.tracing.sampling import sampler_from_env
+from proxy.tracing.traceparent import format_traceparent, parse_traceparent
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+APP_TRACE = 0x11112222333344445555666677778888
+APP_SPAN = 0x1234567890ABCDEF
+
+
+def build_batch(records: list[tuple[bytes | None, bytes | None, list]], codec: int = 0) -> bytes:
+    """A record batch as kafka-python's producer writes it."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=codec,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i, (key, value, headers) in enumerate(records):
+        builder.append(i, timestamp=1_700_000_000_000 + i, key=key, value=value, headers=headers)
+    return bytes(builder.build())
+
+
+class Harness:
+    def __init__(
+        self,
+        sampler: str = "parentbased_always_on",
+        arg: str | None = None,
+        propagators: str = "tracecontext,baggage",
+        mode: str = "parent",
+    ) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.metrics = Metrics()
+        self.pipeline = SpanPipeline(self.exporter, self.metrics, delay_seconds=0.01)
+        from opentelemetry.sdk.resources import Resource
+
+        self.core = TracingCore(
+            sampler=sampler_from_env(sampler, arg),
+            propagation=Propagation(propagators.split(",")),
+            pipeline=self.pipeline,
+            resource=Resource.create({"service.name": "orders"}),
+            consumer_span_mode=mode,
+        )
+        self.producer = ProduceTracer(self.core, self.metrics)
+        self.consumer = FetchTracer(self.core, self.metrics)
+        self.ctx = ConnectionContext(
+            1,
+            ("127.0.0.1", 5000),
+            BrokerEndpoint(1, "broker-1", 9092),
+            client_id="app-1",
+            group_id="billing",
+        )
+
+    def spans(self):
+        self.pipeline.shutdown()
+        return self.exporter.get_finished_spans()
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    yield h
+    h.pipeline.shutdown()
+
+
+def produce(h: Harness, batch: bytes, result: ProduceResult | None) -> ProducePartition:
+    partition = ProducePartition(
+        topic="orders", topic_id=None, partition=2, acks=-1, transactional_id=None, records=batch
+    )
+    state = h.producer.on_produce_request(h.ctx, partition)
+    h.producer.on_produce_response(h.ctx, state, result)
+    return partition
+
+
+def ok(base_offset: int) -> ProduceResult:
+    return ProduceResult("orders", 2, 0, None, base_offset, None)
+
+
+def headers_of(records: bytes) -> list[tuple]:
+    return [r.headers for b in iter_batches(records) for r in b.records()]
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4])
+def test_every_record_gets_a_sampled_traceparent_and_a_send_span(
+    harness: Harness, codec: int
+) -> None:
+    batch = build_batch([(b"k%d" % i, b"v" * 50, [("app", b"1")]) for i in range(5)], codec)
+    partition = produce(harness, batch, ok(100))
+    assert partition.replaced_records is not None
+    headers = headers_of(partition.replaced_records)
+    contexts = [parse_traceparent(dict(h)["traceparent"]) for h in headers]
+    assert all(c is not None and c[2] for c in contexts)
+    assert all(h[0] == ("app", b"1") for h in headers)  # existing headers kept, ours appended
+    spans = sorted(harness.spans(), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [s.name for s in spans] == ["send orders"] * 5
+    assert [s.attributes["messaging.kafka.offset"] for s in spans] == [100, 101, 102, 103, 104]
+    for span, context in zip(spans, contexts, strict=True):
+        assert (span.context.trace_id, span.context.span_id) == context[:2]
+        assert span.kind == SpanKind.PRODUCER and span.parent is None
+    attrs = spans[0].attributes
+    assert attrs["messaging.system"] == "kafka"
+    assert attrs["messaging.operation.type"] == "send"
+    assert attrs["messaging.destination.name"] == "orders"
+    assert attrs["messaging.destination.partition.id"] == "2"
+    assert attrs["messaging.kafka.message.key"] == "k0"
+    assert attrs["messaging.client.id"] == "app-1"
+    assert (attrs["server.address"], attrs["server.port"]) == ("broker-1", 9092)
+
+
+def test_a_record_with_a_context_keeps_its_headers_and_parents_the_span(harness: Harness) -> None:
+    app_header = ("traceparent", format_traceparent(APP_TRACE, APP_SPAN, True))
+    batch = build_batch([(None, b"x", [app_header]), (None, b"y", [])])
+    partition = produce(harness, batch, ok(0))
+    first, second = headers_of(partition.replaced_records)
+    assert first == (app_header,)  # untouched, no duplicate header
+    assert [k for k, _ in second] == ["traceparent"]
+    spans = {s.attributes["messaging.kafka.offset"]: s for s in harness.spans()}
+    assert spans[0].context.trace_id == APP_TRACE
+    assert spans[0].parent.span_id == APP_SPAN
+    assert spans[1].parent is None
+
+
+def test_a_batch_with_only_instrumented_records_is_forwarded_untouched(harness: Harness) -> None:
+    batch = build_batch([(None, b"x", [("traceparent", format_traceparent(1, 2, True))])])
+    assert produce(harness, batch, ok(0)).replaced_records is None
+
+
+def test_broker_error_marks_send_spans_failed(harness: Harness) -> None:
+    batch = build_batch([(None, b"x", [])])
+    produce(harness, batch, ProduceResult("orders", 2, 6, "NOT_LEADER_OR_FOLLOWER", -1, None))
+    (span,) = harness.spans()
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "NOT_LEADER_OR_FOLLOWER"
+    assert "messaging.kafka.offset" not in span.attributes
+
+
+def test_acks_zero_span_ends_without_offset(harness: Harness) -> None:
+    produce(harness, build_batch([(None, b"x", [])]), None)
+    (span,) = harness.spans()
+    assert "messaging.kafka.offset" not in span.attributes
+    assert span.end_time >= span.start_time
+
+
+def test_unsampled_records_get_an_unsampled_context_and_no_span() -> None:
+    h = Harness(sampler="parentbased_traceidratio", arg="0")
+    partition = produce(h, build_batch([(None, b"x", [])] * 20), ok(0))
+    contexts = [
+        parse_traceparent(dict(hs)["traceparent"]) for hs in headers_of(partition.replaced_records)
+    ]
+    assert all(c is not None and not c[2] for c in contexts)
+    assert h.spans() == ()
+
+
+def test_b3_propagator_writes_b3_headers() -> None:
+    h = Harness(propagators="b3multi")
+    partition = produce(h, build_batch([(None, b"x", [])]), ok(0))
+    (headers,) = headers_of(partition.replaced_records)
+    assert {k for k, _ in headers} >= {"x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
+
+
+def fetched(batch: bytes, aborted: tuple = ()) -> FetchedPartition:
+    return FetchedPartition("orders", None, 2, 0, 10, batch, aborted)
+
+
+def test_fetched_records_with_context_get_receive_spans_parented_on_it(harness: Harness) -> None:
+    batch = build_batch(
+        [
+            (b"k", b"x", [("traceparent", format_traceparent(APP_TRACE, APP_SPAN, True))]),
+            (None, b"no context", []),
+            (None, b"unsampled", [("traceparent", format_traceparent(APP_TRACE + 1, 5, False))]),
+        ]
+    )
+    harness.consumer.on_fetch_response(harness.ctx, fetched(batch))
+    (span,) = harness.spans()
+    assert span.name == "receive orders" and span.kind == SpanKind.CONSUMER
+    assert span.context.trace_id == APP_TRACE and span.parent.span_id == APP_SPAN
+    assert span.attributes["messaging.consumer.group.name"] == "billing"
+    assert span.attributes["messaging.kafka.offset"] == 0
+    assert span.attributes[AGE_ATTRIBUTE] > 0
+    assert REDELIVERED_ATTRIBUTE not in span.attributes
+
+
+def test_records_fetched_again_are_marked_redelivered(harness: Harness) -> None:
+    batch = build_batch([(None, b"x", [("traceparent", format_traceparent(7, 8, True))])])
+    harness.consumer.on_fetch_response(harness.ctx, fetched(batch))
+    harness.consumer.on_fetch_response(harness.ctx, fetched(batch))
+    first, second = harness.spans()
+    assert REDELIVERED_ATTRIBUTE not in first.attributes
+    assert second.attributes[REDELIVERED_ATTRIBUTE] is True
+
+
+def test_link_mode_makes_one_span_linking_each_record() -> None:
+    h = Harness(mode="link")
+    batch = build_batch(
+        [(None, b"x", [("traceparent", format_traceparent(7 + i, 8, True))]) for i in range(3)]
+    )
+    h.consumer.on_fetch_response(h.ctx, fetched(batch))
+    (span,) = h.spans()
+    assert span.parent is None
+    assert [link.context.trace_id for link in span.links] == [7, 8, 9]
+
+
+def test_garbage_records_do_not_raise(harness: Harness) -> None:
+    harness.consumer.on_fetch_response(harness.ctx, fetched(b"\x00" * 12 + b"\xff" * 80))
+    assert harness.spans() == ()
