@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from .admin import AdminServer
 from .brokers import BrokerDirectory, PortMapping, TopicNames
 from .config import Settings
 from .discovery import keep_discovering
@@ -55,11 +56,24 @@ class Proxy:
         )
         self.listeners = Listeners(self.runtime)
         brokers.set_observer(self.listeners.ensure_broker)
+        self.admin = AdminServer(self.metrics, self.readiness)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when clients can connect and the cluster's brokers are known."""
+        known = self.runtime.brokers.known
+        if not self.listeners.bootstrap_bound:
+            return False, "bootstrap listener not bound"
+        if not known:
+            return False, "no upstream broker reached yet"
+        return True, f"ready: {len(known)} broker(s) known"
+
     async def start(self) -> None:
         await self.listeners.start_bootstrap()
+        admin = self.settings.admin_address
+        if admin is not None:
+            await self.admin.start(admin.host, admin.port)
         self._tasks.append(
             asyncio.get_running_loop().create_task(
                 keep_discovering(
@@ -73,6 +87,7 @@ class Proxy:
 
     async def stop(self) -> None:
         await self.listeners.close()
+        await self.admin.close()
         for connection in list(self.runtime.connections):
             connection.close()
         for task in self._tasks:

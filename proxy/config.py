@@ -76,6 +76,10 @@ def _port_map(text: str) -> dict[int, int]:
     return mapping
 
 
+def _optional_host_port(text: str) -> HostPort | None:
+    return None if text.strip().lower() == "off" else parse_host_port(text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -202,6 +206,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Inject and extract trace context and export spans.",
     ),
     Setting(
+        "KTP_ADMIN_ADDRESS",
+        "127.0.0.1:9644",
+        _optional_host_port,
+        "host:port or off",
+        "Admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz.",
+    ),
+    Setting(
         "KTP_CONSUMER_SPAN_MODE",
         "parent",
         _choice("parent", "link"),
@@ -230,6 +241,7 @@ class Settings:
     log_format: str
     tracing_enabled: bool
     consumer_span_mode: str
+    admin_address: HostPort | None
     #: Every OTEL_* variable, passed on to the OpenTelemetry SDK configuration.
     otel: Mapping[str, str]
     #: KTP_* variables that are not settings (likely typos), reported at start.
@@ -301,6 +313,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=parsed["KTP_LOG_FORMAT"],
         tracing_enabled=parsed["KTP_TRACING_ENABLED"],
         consumer_span_mode=parsed["KTP_CONSUMER_SPAN_MODE"],
+        admin_address=parsed["KTP_ADMIN_ADDRESS"],
         otel={k: v for k, v in env.items() if k.startswith("OTEL_")},
         unknown=tuple(sorted(k for k in env if k.startswith(PREFIX) and k not in _BY_NAME)),
     )

@@ -18,6 +18,7 @@ Rules this module enforces:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class InFlight:
     correlation_id: int
     api_key: int
     api_version: int
+    received_at: float = 0.0
     expects_response: bool = True
     #: (interceptor, (topic or topic id, partition), its state) for each traced partition.
     produce_states: list[tuple[ProduceInterceptor, tuple[Any, int], Any]] = field(
@@ -153,7 +155,7 @@ class KafkaExchange:
 
     def _classify_request(self, peek: memoryview, size: int) -> InFlight | None:
         api_key, api_version, correlation_id = peek_request(peek)
-        entry = InFlight(correlation_id, api_key, api_version)
+        entry = InFlight(correlation_id, api_key, api_version, time.monotonic())
         self._inflight.append(entry)
         self._metrics.inc("requests", api_key=api_key)
         if api_key == ApiKey.PRODUCE or api_key == ApiKey.API_VERSIONS:
@@ -251,6 +253,9 @@ class KafkaExchange:
                 f"response {correlation_id} does not answer the oldest request "
                 f"{entry.correlation_id} (api key {entry.api_key})"
             )
+        self._metrics.observe(
+            "request_latency_seconds", time.monotonic() - entry.received_at, api_key=entry.api_key
+        )
         return entry
 
     def _classify_response(self, peek: memoryview, size: int) -> InFlight | None:

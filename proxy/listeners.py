@@ -43,6 +43,10 @@ class Listeners:
         self._failed: set[int] = set()
 
     @property
+    def bootstrap_bound(self) -> bool:
+        return -1 in self._servers
+
+    @property
     def broker_ports(self) -> dict[int, int]:
         """Node id -> local port of every broker listener bound so far."""
         return dict(self._ports)

@@ -6,8 +6,13 @@ enough for the hot path. The admin endpoint renders them in Prometheus text form
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterator
+
+Labels = tuple[tuple[str, str], ...]
+#: Upper bounds (seconds) of latency histogram buckets; +Inf is implied.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
@@ -16,6 +21,26 @@ class Metrics:
     def __init__(self) -> None:
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        #: (name, labels) -> [count per bucket (+Inf last), sum]
+        self._histograms: dict[tuple[str, Labels], tuple[list[int], list[float]]] = {}
+
+    def observe(self, name: str, value: float, **labels: object) -> None:
+        """Add an observation to a latency histogram."""
+        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        entry = self._histograms.get(key)
+        if entry is None:
+            entry = self._histograms[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        entry[0][bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        entry[1][0] += value
+
+    def histograms(self) -> Iterator[tuple[str, Labels, list[tuple[float, int]], float, int]]:
+        """(name, labels, [(upper bound, cumulative count)], sum, count) per histogram."""
+        for (name, labels), (counts, total) in sorted(self._histograms.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            yield name, labels, cumulative, total[0], running
 
     def inc(self, name: str, amount: float = 1, **labels: object) -> None:
         self._counters[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))] += amount

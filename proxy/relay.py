@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from .brokers import BrokerDirectory, TopicNames
 from .codec.errors import ProtocolError
@@ -77,12 +78,14 @@ class ClientConnection(asyncio.Protocol):
         self._exchange: KafkaExchange | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._early: list[bytes] = []
         self.id = next(_connection_ids)
 
     # -- client side -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         settings = self._runtime.settings
         self._client = transport
         self._client_reading.transport = transport
@@ -127,7 +130,8 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def _attach_server(self, transport: asyncio.BaseTransport, target: HostPort) -> None:
-        assert isinstance(transport, asyncio.Transport) and self._client is not None
+        transport = cast(asyncio.Transport, transport)
+        assert self._client is not None
         runtime = self._runtime
         self._server = transport
         self._server_reading.transport = transport
@@ -147,11 +151,19 @@ class ClientConnection(asyncio.Protocol):
             max_frame_size=runtime.settings.max_frame_bytes,
             max_batch_bytes=runtime.settings.max_batch_bytes,
         )
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
         self._client_reading.resume("connecting")
 
     def data_received(self, data: bytes) -> None:
         exchange, server = self._exchange, self._server
-        if exchange is None or server is None:  # not reading until connected; be safe anyway
+        if self._closed:
+            return
+        if exchange is None or server is None:
+            # Reading is paused until the broker connection is up, but an event loop may
+            # already have read the first bytes (uvloop does): keep them for later.
+            self._early.append(data)
             return
         self._runtime.metrics.inc("bytes", len(data), direction="client_to_proxy")
         outcome = self._run(exchange.from_client, data, "client")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .ports import free_port_block
+from .ports import free_port, free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,9 @@ class ProxyProcess:
         base = free_port_block(max_node_id + 2)
         self.listen_port = base
         self.broker_port_base = base + 1  # broker N on base + 1 + N
+        self.admin_port = free_port()
         self.env = {
+            "KTP_ADMIN_ADDRESS": f"127.0.0.1:{self.admin_port}",
             "KTP_UPSTREAM_BOOTSTRAP_SERVERS": upstream_bootstrap,
             "KTP_LISTEN_ADDRESS": f"127.0.0.1:{self.listen_port}",
             "KTP_BROKER_PORT_BASE": str(self.broker_port_base),
@@ -49,6 +51,33 @@ class ProxyProcess:
 
     def broker_port(self, node_id: int) -> int:
         return self.broker_port_base + node_id
+
+    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET a path of the admin endpoint: (status, body)."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.admin_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample from /metrics whose labels include `labels`."""
+        _, text = self.admin_get("/metrics")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, label_text = series.partition("{")
+            if metric != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
 
     @property
     def pid(self) -> int:

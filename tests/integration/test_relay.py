@@ -1,0 +1,108 @@
+"""The relay under both event loops: bytes sent the instant a connection opens are never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.app import Proxy
+from proxy.config import load_settings
+from testbed.kafka import KafkaCluster
+from testbed.ports import free_port, free_port_block
+
+pytestmark = pytest.mark.integration
+
+
+class InProcessProxy:
+    """A Proxy running on its own event loop in a thread, for tests that inspect its state."""
+
+    def __init__(self, upstream: str, loop_factory: str, **env: str) -> None:
+        self.port = free_port_block(12)
+        settings = load_settings(
+            {
+                "KTP_UPSTREAM_BOOTSTRAP_SERVERS": upstream,
+                "KTP_LISTEN_ADDRESS": f"127.0.0.1:{self.port}",
+                "KTP_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
+                "KTP_TRACING_ENABLED": "false",
+                **env,
+            }
+        )
+        if loop_factory == "uvloop":
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        self.proxy = Proxy(settings)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> InProcessProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def proxy(request: pytest.FixtureRequest, kafka: KafkaCluster) -> Iterator[InProcessProxy]:
+    with InProcessProxy(kafka.bootstrap_servers, request.param) as running:
+        yield running
+
+
+def api_versions_v0(correlation_id: int) -> bytes:
+    body = struct.pack(">hhih", 18, 0, correlation_id, 4) + b"test"
+    return struct.pack(">i", len(body)) + body
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "proxy closed the connection"
+            data += chunk
+        return data
+
+    (size,) = struct.unpack(">i", exactly(4))
+    return exactly(size)
+
+
+def test_request_sent_immediately_after_connect_is_answered(proxy: InProcessProxy) -> None:
+    for correlation_id in range(20):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(api_versions_v0(correlation_id))
+            response = read_frame(sock)
+        assert struct.unpack(">i", response[:4])[0] == correlation_id
+
+
+def test_pipelined_requests_split_at_every_byte_are_answered_in_order(
+    proxy: InProcessProxy,
+) -> None:
+    stream = b"".join(api_versions_v0(i) for i in range(5))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(stream)):
+            sock.sendall(stream[i : i + 1])
+        ids = [struct.unpack(">i", read_frame(sock)[:4])[0] for _ in range(5)]
+    assert ids == [0, 1, 2, 3, 4]
+    assert proxy.proxy.metrics.total("protocol_errors") == 0
+
+
+def test_garbage_closes_only_that_connection(proxy: InProcessProxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as bad:
+        bad.sendall(b"\x7f\xff\xff\xff" + b"GET / HTTP/1.1\r\n\r\n")
+        assert bad.recv(10) == b""  # closed by the proxy
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as good:
+        good.sendall(api_versions_v0(9))
+        assert struct.unpack(">i", read_frame(good)[:4])[0] == 9
+    assert proxy.proxy.metrics.value("protocol_errors", peer="client") == 1
