@@ -1,1 +1,1 @@
-"""The quickstart demo: Kafka, Jaeger, two sidecar proxies and two apps that know nothing about tracing."""
+"""The quickstart demo: Kafka, Jaeger, two sidecars and two tracing-unaware apps."""
