@@ -191,7 +191,8 @@ class KafkaExchange:
     ) -> bytes | memoryview:
         body = held.body
         acks = produce_acks(body, header_size, entry.api_version)
-        entry.expects_response = acks != 0
+        if acks == 0:
+            self._forget(entry)
         if not self._interceptors.produce:
             return held.frame
         payload = decode_request(ApiKey.PRODUCE, entry.api_version, body, header_size)
@@ -230,6 +231,15 @@ class KafkaExchange:
             return held.frame
         self._metrics.inc("produce_requests_rewritten")
         return frame(replace_payload(body, header_size, replace_records(payload, replacements)))
+
+    def _forget(self, entry: InFlight) -> None:
+        """Drop a request that gets no response (acks=0). Requests classified after it in the
+        same read may already follow it in the queue, so search from the newest end."""
+        entry.expects_response = False
+        for index in range(len(self._inflight) - 1, -1, -1):
+            if self._inflight[index] is entry:
+                del self._inflight[index]
+                return
 
     # -- broker -> client ------------------------------------------------------------------
 

@@ -260,6 +260,12 @@ def _produce(acks: int, version: int = 9):
     )
 
 
+def test_acks_zero_produce_is_not_left_in_flight(exchange: KafkaExchange) -> None:
+    for correlation_id in range(5):
+        exchange.from_client(request_frame(_produce(acks=0), correlation_id))
+    assert exchange.in_flight == 0
+
+
 def test_acks_zero_produce_expects_no_response(exchange: KafkaExchange) -> None:
     data = request_frame(_produce(acks=0), 1) + request_frame(
         MetadataRequest(
