@@ -11,6 +11,7 @@ from .admin import AdminServer
 from .brokers import BrokerDirectory, PortMapping, TopicNames
 from .config import Settings
 from .discovery import keep_discovering
+from .groups import GroupDirectory
 from .interceptors import Interceptors
 from .listeners import Listeners
 from .metrics import Metrics
@@ -50,6 +51,7 @@ class Proxy:
             settings=settings,
             brokers=brokers,
             topics=TopicNames(),
+            groups=GroupDirectory(),
             interceptors=Interceptors(interceptors),
             metrics=self.metrics,
             connections=set(),

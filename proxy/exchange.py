@@ -47,6 +47,7 @@ from .codec.produce import (
     produce_acks,
     replace_records,
 )
+from .groups import GroupDirectory
 from .interceptors import (
     ConnectionContext,
     FetchedPartition,
@@ -115,6 +116,7 @@ class KafkaExchange:
         brokers: BrokerDirectory,
         topics: TopicNames,
         interceptors: Interceptors,
+        groups: GroupDirectory | None = None,
         metrics: Metrics,
         max_frame_size: int,
         max_batch_bytes: int = 1_048_588,
@@ -122,6 +124,7 @@ class KafkaExchange:
         self.context = context
         self._brokers = brokers
         self._topics = topics
+        self._groups = groups or GroupDirectory()
         self._interceptors = interceptors
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
@@ -183,7 +186,9 @@ class KafkaExchange:
             return
         if entry.api_key in GROUP_NAMING:
             payload = decode_request(entry.api_key, entry.api_version, body, header.size)
-            self.context.group_id = payload.group_id or None
+            if payload.group_id:
+                self.context.group_id = payload.group_id
+                self._groups.learn(self.context.client_id, payload.group_id)
         outcome.send.append(held.frame)
 
     def _on_produce_request(
@@ -218,8 +223,6 @@ class KafkaExchange:
                     log.exception("interceptor failed on a produce request; records forwarded")
                     continue
                 entry.produce_states.append((interceptor, key, state))
-            for reason in partition.skipped:
-                self._metrics.inc("header_injections_skipped", reason=reason)
             if partition.replaced_records is not None:
                 replacements[(located.topic_index, located.partition_index)] = (
                     partition.replaced_records
@@ -346,6 +349,8 @@ class KafkaExchange:
                 log.exception("interceptor failed on a produce response")
 
     def _deliver_fetch(self, payload: Any) -> None:
+        if self.context.group_id is None:
+            self.context.group_id = self._groups.lookup(self.context.client_id)
         for located in iter_fetched_partitions(payload):
             fetched = FetchedPartition(
                 topic=located.topic or self._topics.name(located.topic_id),

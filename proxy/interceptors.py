@@ -56,38 +56,66 @@ class ProducePartition:
     records: bytes | memoryview
     #: Set by `inject` when a batch was re-encoded; the framework sends these bytes instead.
     replaced_records: bytes | None = None
-    #: Why headers were not added to some batch (e.g. "too_large"); for metrics and logs.
-    skipped: list[str] = field(default_factory=list)
     max_batch_bytes: int = 1_048_588
 
     def batches(self) -> Iterator[BatchView]:
         return iter_batches(self.replaced_records or self.records)
 
-    def inject(self, headers_for: HeaderSource) -> None:
-        """Append headers to records, batch by batch; a batch that would grow past the broker's
-        size limit is kept as it was (and noted in `skipped`) rather than turned into a failure."""
+    def inject(self, headers_for: HeaderSource) -> list[BatchInjection]:
+        """Append headers to records, batch by batch, and say what happened to each batch.
+
+        A batch that would grow past the broker's size limit is kept as it was rather than
+        turned into a produce failure; so are all batches when the records field holds bytes
+        that are not whole batches (never risk dropping them).
+        """
         source = self.replaced_records or self.records
         pieces: list[bytes | memoryview] = []
-        changed = False
-        consumed = 0
+        outcomes: list[BatchInjection] = []
+        calls = 0
+
+        def counted(record: RecordView) -> Sequence[tuple[str, bytes]]:
+            nonlocal calls
+            calls += 1
+            return headers_for(record)
+
+        consumed = first_offset = 0
         for batch in iter_batches(source):
             original = batch.raw
             consumed += len(original)
-            rebuilt = add_headers(original, headers_for)
+            calls = 0
+            rebuilt = add_headers(original, counted)
+            reason = None if rebuilt is not None else "nothing_to_add"
             if rebuilt is not None and len(rebuilt) > self.max_batch_bytes:
-                self.skipped.append("too_large")
-                rebuilt = None
-            if rebuilt is None:
-                pieces.append(original)
-            else:
-                pieces.append(rebuilt)
-                changed = True
+                reason, rebuilt = "too_large", None
+            pieces.append(original if rebuilt is None else rebuilt)
+            outcomes.append(BatchInjection(batch.record_count, first_offset, reason, calls))
+            first_offset += batch.last_offset_delta + 1
         if consumed != len(source):
-            # Bytes that are not whole batches: never risk dropping them, send all as it was.
-            self.skipped.append("unparsed_records")
-            return
-        if changed:
+            return [
+                BatchInjection(o.records, o.first_offset, "unparsed_records", o.calls)
+                for o in outcomes
+            ]
+        if any(o.written for o in outcomes):
             self.replaced_records = b"".join(pieces)
+        return outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInjection:
+    """What `ProducePartition.inject` did to one batch."""
+
+    records: int
+    #: Offset of the batch's first record, counted from the partition's first record in this
+    #: request (the broker assigns consecutive offsets from the response's base offset).
+    first_offset: int
+    #: Why no headers were written (too_large, nothing_to_add, unparsed_records); None if written.
+    skipped: str | None
+    #: How many times the header source was called for this batch's records.
+    calls: int
+
+    @property
+    def written(self) -> bool:
+        return self.skipped is None
 
 
 @dataclass(frozen=True, slots=True)

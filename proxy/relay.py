@@ -19,6 +19,7 @@ from .brokers import BrokerDirectory, TopicNames
 from .codec.errors import ProtocolError
 from .config import HostPort, Settings
 from .exchange import KafkaExchange, Outcome
+from .groups import GroupDirectory
 from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from .metrics import Metrics
 
@@ -34,6 +35,7 @@ class Runtime:
     settings: Settings
     brokers: BrokerDirectory
     topics: TopicNames
+    groups: GroupDirectory
     interceptors: Interceptors
     metrics: Metrics
     connections: set[ClientConnection]
@@ -146,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
             context,
             brokers=runtime.brokers,
             topics=runtime.topics,
+            groups=runtime.groups,
             interceptors=runtime.interceptors,
             metrics=runtime.metrics,
             max_frame_size=runtime.settings.max_frame_bytes,

@@ -8,6 +8,7 @@ honours the same decision. Only sampled records get span objects, built when the
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,12 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanContext, SpanKind
 
-from ..interceptors import ConnectionContext, ProducePartition, ProduceResult
+from ..interceptors import BatchInjection, ConnectionContext, ProducePartition, ProduceResult
 from ..metrics import Metrics
 from .core import TracingCore
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -45,50 +48,111 @@ class ProduceTracer:
     def __init__(self, core: TracingCore, metrics: Metrics) -> None:
         self._core = core
         self._metrics = metrics
+        self._warned: set[str] = set()
 
     def on_produce_request(
         self, ctx: ConnectionContext, partition: ProducePartition
     ) -> PendingPartition | None:
         core = self._core
         sampler, propagation = core.sampler, core.propagation
-        sends: list[PendingSend] = []
-        counts = {"traced": 0, "kept": 0, "unsampled": 0}
+        #: (index of the header-source call, pending span) for sampled records, in call order.
+        sends: list[tuple[int, PendingSend]] = []
+        calls = 0
+        kept = unsampled = 0
 
         def headers_for(record: Any) -> list[tuple[str, bytes]]:
+            nonlocal calls, kept, unsampled
+            index = calls
+            calls += 1
             existing = propagation.extract(record.headers) if record.headers else None
             if existing is not None:
-                counts["kept"] += 1
+                kept += 1
                 if sampler.sample_child(existing.trace_id, existing.sampled):
                     sends.append(
-                        PendingSend(
-                            existing.trace_id,
-                            new_span_id(),
-                            existing.span_context(),
-                            record.offset,
-                            printable_key(record.key),
+                        (
+                            index,
+                            PendingSend(
+                                existing.trace_id,
+                                new_span_id(),
+                                existing.span_context(),
+                                record.offset,
+                                printable_key(record.key),
+                            ),
                         )
                     )
                 return []
             trace_id, span_id = new_trace_id(), new_span_id()
             if sampler.sample_root(trace_id):
                 sends.append(
-                    PendingSend(trace_id, span_id, None, record.offset, printable_key(record.key))
+                    (
+                        index,
+                        PendingSend(
+                            trace_id, span_id, None, record.offset, printable_key(record.key)
+                        ),
+                    )
                 )
-                counts["traced"] += 1
                 return propagation.inject(trace_id, span_id, True)
-            counts["unsampled"] += 1
+            unsampled += 1
             return propagation.inject(trace_id, span_id, False)
 
         start_ns = time.time_ns()
-        partition.inject(headers_for)
+        outcomes = partition.inject(headers_for)
+        kept_sends = self._sends_that_went_out(outcomes, sends)
         metrics = self._metrics
-        for outcome, count in counts.items():
-            if count:
-                metrics.inc("records_traced", count, side="produce", outcome=outcome)
-        if not sends:
+        for outcome in outcomes:
+            if outcome.skipped in ("too_large", "unparsed_records"):
+                metrics.inc("header_injections_skipped", reason=outcome.skipped)
+                metrics.inc("records_traced", outcome.calls, side="produce", outcome="skipped")
+                self._warn_once(outcome.skipped, partition)
+        if kept:
+            metrics.inc("records_traced", kept, side="produce", outcome="app_context")
+        if unsampled:
+            metrics.inc("records_traced", unsampled, side="produce", outcome="unsampled")
+        if kept_sends:
+            metrics.inc("records_traced", len(kept_sends), side="produce", outcome="sampled")
+        if not kept_sends:
             return None
         topic = partition.topic or str(partition.topic_id)
-        return PendingPartition(topic, partition.partition, start_ns, sends)
+        return PendingPartition(topic, partition.partition, start_ns, kept_sends)
+
+    @staticmethod
+    def _sends_that_went_out(
+        outcomes: list[BatchInjection], sends: list[tuple[int, PendingSend]]
+    ) -> list[PendingSend]:
+        """Pending spans of records whose batch really carries the headers, with offsets made
+        relative to the partition's first record in the request."""
+        kept: list[PendingSend] = []
+        position = first_call = 0
+        for outcome in outcomes:
+            last_call = first_call + outcome.calls
+            while position < len(sends) and sends[position][0] < last_call:
+                send = sends[position][1]
+                position += 1
+                if outcome.skipped in (None, "nothing_to_add"):
+                    send.offset_delta += outcome.first_offset
+                    kept.append(send)
+            first_call = last_call
+        return kept
+
+    def _warn_once(self, reason: str, partition: ProducePartition) -> None:
+        if reason in self._warned:
+            return
+        self._warned.add(reason)
+        if reason == "too_large":
+            log.warning(
+                "a batch for %s-%d would exceed %d bytes with trace headers; forwarded without "
+                "them (counted in ktp_header_injections_skipped_total; raise "
+                "KTP_MAX_BATCH_BYTES if the topic's max.message.bytes allows)",
+                partition.topic,
+                partition.partition,
+                partition.max_batch_bytes,
+            )
+        else:
+            log.warning(
+                "records of %s-%d are not whole batches; forwarded without trace headers",
+                partition.topic,
+                partition.partition,
+            )
 
     def on_produce_response(
         self, ctx: ConnectionContext, state: PendingPartition | None, result: ProduceResult | None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from testbed.clients import Received, Record, driver
+from testbed.clients import ConfluentDriver, Received, Record, driver
 from testbed.jaeger import Jaeger, parent_span_id, span_service, span_tags
 from testbed.kafka import KafkaCluster
 from testbed.ports import free_port
@@ -60,11 +60,19 @@ def pair(
 ) -> Iterator[Pair]:
     """`orders-<id>` exports over OTLP/HTTP, `billing-<id>` over OTLP/gRPC."""
     suffix = uuid.uuid4().hex[:6]
-    orders = sidecar(kafka, tmp_path_factory, f"orders-{suffix}",
-                     OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_http_endpoint)
-    billing = sidecar(kafka, tmp_path_factory, f"billing-{suffix}",
-                      OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
-                      OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_grpc_endpoint)
+    orders = sidecar(
+        kafka,
+        tmp_path_factory,
+        f"orders-{suffix}",
+        OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_http_endpoint,
+    )
+    billing = sidecar(
+        kafka,
+        tmp_path_factory,
+        f"billing-{suffix}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_grpc_endpoint,
+    )
     with orders, billing:
         yield Pair(orders, billing)
 
@@ -96,8 +104,9 @@ def test_every_message_is_one_trace_from_orders_to_billing(
     client: str, pair: Pair, jaeger: Jaeger, kafka: KafkaCluster
 ) -> None:
     topic = f"traced-{client}-{uuid.uuid4().hex[:6]}"
-    records = [Record(f"order-{i}".encode(), f"value {i}".encode(), (("app", b"1"),))
-               for i in range(40)]
+    records = [
+        Record(f"order-{i}".encode(), f"value {i}".encode(), (("app", b"1"),)) for i in range(40)
+    ]
     chosen = driver(client)
     chosen.produce(pair.orders.bootstrap_servers, topic, records)
     received = chosen.consume(pair.billing.bootstrap_servers, topic, f"group-{topic}", len(records))
@@ -142,9 +151,9 @@ def test_an_instrumented_producer_gets_one_trace_through_both_proxies(
 
     app_service = f"app-{uuid.uuid4().hex[:6]}"
     provider = TracerProvider(resource=Resource.create({"service.name": app_service}))
-    provider.add_span_processor(SimpleSpanProcessor(
-        OTLPSpanExporter(endpoint=jaeger.otlp_http_endpoint + "/v1/traces")
-    ))
+    provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=jaeger.otlp_http_endpoint + "/v1/traces"))
+    )
     tracer = provider.get_tracer("test-app")
     topic = f"instrumented-{uuid.uuid4().hex[:6]}"
     producer = KafkaProducer(bootstrap_servers=pair.orders.bootstrap_servers)
@@ -161,8 +170,11 @@ def test_an_instrumented_producer_gets_one_trace_through_both_proxies(
     assert trace_id_of(received[0]) == trace_id
     trace = complete_trace(jaeger, trace_id, {"place order", f"send {topic}", f"receive {topic}"})
     named = spans_by_name(trace)
-    (app,), (send,), (receive,) = named["place order"], named[f"send {topic}"], named[
-        f"receive {topic}"]
+    (app,), (send,), (receive,) = (
+        named["place order"],
+        named[f"send {topic}"],
+        named[f"receive {topic}"],
+    )
     assert span_service(trace, app) == app_service
     assert parent_span_id(send) == app["spanID"]
     assert parent_span_id(receive) == app["spanID"]  # the record's creation context
@@ -183,7 +195,8 @@ def test_ratio_sampling_is_about_ten_percent_and_the_same_on_both_sides(
     billing = sidecar(kafka, tmp_path_factory, f"billing-s-{suffix}", **common)
     with orders, billing:
         records = [Record(None, b"x" * 100) for _ in range(10_000)]
-        confluent = driver("confluent-kafka")
+        # Batches well under the broker's size limit, so every one has room for the headers.
+        confluent = ConfluentDriver(extra={"batch.size": 200_000})
         confluent.produce(orders.bootstrap_servers, topic, records)
         received = confluent.consume(billing.bootstrap_servers, topic, f"g-{suffix}", 10_000)
     assert len(received) == 10_000
@@ -196,8 +209,11 @@ def test_ratio_sampling_is_about_ten_percent_and_the_same_on_both_sides(
         traces = jaeger.traces(service, operation=operation, limit=5000)
         return {t["traceID"].rjust(32, "0") for t in traces}
 
-    jaeger.wait_for(lambda: len(traced(billing.name, f"receive {topic}")) >= len(sampled_ids),
-                    timeout=60, interval=1)
+    jaeger.wait_for(
+        lambda: len(traced(billing.name, f"receive {topic}")) >= len(sampled_ids),
+        timeout=60,
+        interval=1,
+    )
     assert traced(orders.name, f"send {topic}") == sampled_ids
     assert traced(billing.name, f"receive {topic}") == sampled_ids
 
@@ -213,7 +229,7 @@ def test_collector_down_changes_nothing_for_clients_and_drops_are_counted(
     topic = f"collector-down-{suffix}"
     with orders, billing:
         records = [Record(f"k{i}".encode(), b"v" * 200) for i in range(3000)]
-        confluent = driver("confluent-kafka")
+        confluent = ConfluentDriver(extra={"batch.size": 200_000})
         confluent.produce(orders.bootstrap_servers, topic, records)
         received = confluent.consume(billing.bootstrap_servers, topic, f"g-{suffix}", 3000)
         assert sorted(r.key for r in received) == sorted(r.key for r in records)
@@ -230,7 +246,7 @@ def test_collector_down_changes_nothing_for_clients_and_drops_are_counted(
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
 def test_tombstones_null_keys_and_many_headers_survive_injection(
-    codec: str, pair: Pair, kafka: KafkaCluster
+    codec: str, traced_proxy: ProxyProcess, kafka: KafkaCluster
 ) -> None:
     topic = f"shapes-{codec}-{uuid.uuid4().hex[:6]}"
     many = tuple((f"h{i}", bytes([i]) * i) for i in range(40))
@@ -240,15 +256,26 @@ def test_tombstones_null_keys_and_many_headers_survive_injection(
         (None, b"", (("empty", b""),)),
         (b"k" * 300, b"v" * 5000, many),
     ] * 5
-    producer = KafkaProducer(bootstrap_servers=pair.orders.bootstrap_servers,
-                             compression_type=None if codec == "none" else codec, linger_ms=20)
+    producer = KafkaProducer(
+        bootstrap_servers=traced_proxy.bootstrap_servers,
+        compression_type=None if codec == "none" else codec,
+        linger_ms=20,
+    )
     for key, value, headers in sent:
         producer.send(topic, key=key, value=value, headers=list(headers))
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
-    got = list(consumer)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=15_000,
+    )
+    got = []
+    for message in consumer:  # straight from the broker: what the proxy really wrote
+        got.append(message)
+        if len(got) == len(sent):
+            break
     consumer.close()
     assert len(got) == len(sent)
     for message, (key, value, headers) in zip(got, sent, strict=True):
@@ -256,3 +283,21 @@ def test_tombstones_null_keys_and_many_headers_survive_injection(
         assert [tuple(h) for h in message.headers[:-1]] == list(headers)
         name, traceparent = message.headers[-1]
         assert name == "traceparent" and len(traceparent) == 55
+
+
+def test_a_batch_headers_would_push_past_the_size_limit_is_forwarded_untouched(
+    traced_proxy: ProxyProcess,
+) -> None:
+    """librdkafka fills batches up to ~1 MB: trace headers must not turn them into failures."""
+    topic = f"big-batches-{uuid.uuid4().hex[:6]}"
+    records = [Record(f"{i}".encode(), b"x" * 100) for i in range(20_000)]
+    before = traced_proxy.metric("ktp_header_injections_skipped_total", reason="too_large")
+    confluent = ConfluentDriver(extra={"linger.ms": 200, "batch.size": 1_000_000})
+    confluent.produce(traced_proxy.bootstrap_servers, topic, records)
+    received = confluent.consume(traced_proxy.bootstrap_servers, topic, f"g-{topic}", len(records))
+    assert sorted(int(r.key) for r in received) == list(range(len(records)))
+    untraced = [r for r in received if "traceparent" not in dict(r.headers)]
+    assert untraced, "expected at least one batch too large for headers"
+    assert all(r.headers == () and r.value == b"x" * 100 for r in untraced)
+    after = traced_proxy.metric("ktp_header_injections_skipped_total", reason="too_large")
+    assert after > before
