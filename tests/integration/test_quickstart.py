@@ -1,0 +1,30 @@
+"""The README's first command, in its bounded mode: it must end with a trace spanning both apps."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_a_trace_from_orders_to_billing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", "scripts/demo", "--duration", "12", "--workdir", str(tmp_path / "demo")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert re.search(r"Jaeger UI:\s+http://127\.0\.0\.1:\d+", output)
+    traces = int(re.search(r"traces with orders -> billing: (\d+)", output).group(1))
+    assert traces >= 10
+    assert re.search(r"dependencies: .*orders -> billing", output)
+    tree = output.split("one trace (", 1)[1].splitlines()[1:]
+    assert re.match(r"\s+orders: send orders\s+[\d.]+ ms", tree[0])
+    assert re.match(r"\s{4,}billing: receive orders\s+[\d.]+ ms", tree[1])
+    assert "Traceback" not in output + result.stderr
