@@ -88,10 +88,18 @@ class Proxy:
         )
 
     async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close, flush spans."""
         await self.listeners.close()
-        await self.admin.close()
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout_ms / 1000
+        while any(c.in_flight for c in self.runtime.connections):
+            if asyncio.get_running_loop().time() >= deadline:
+                waiting = sum(c.in_flight for c in self.runtime.connections)
+                log.warning("shutdown: closing with %d request(s) still in flight", waiting)
+                break
+            await asyncio.sleep(0.02)
         for connection in list(self.runtime.connections):
             connection.close()
+        await self.admin.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .app import Proxy
+from .check import run_check
 from .config import ConfigError, Settings, load_settings, read_env_file
 from .logs import configure_logging
 from .metrics import Metrics
@@ -29,8 +30,20 @@ def _parser() -> argparse.ArgumentParser:
         "Kafka client. Settings come from KTP_* and OTEL_* environment variables, "
         "optionally read from an env-file (the environment wins over the file).",
     )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=("run", "check"),
+        default="run",
+        help="run the proxy (default), or check the settings, the upstream cluster and the "
+        "OTLP collector and exit",
+    )
     parser.add_argument("--env-file", type=Path, help="read settings from this KEY=VALUE file")
     return parser
+
+
+def _print_check(ok: bool, message: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'}  {message}", flush=True)
 
 
 def settings_from(env_file: Path | None) -> Settings:
@@ -72,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"kafka-trace-proxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "check":
+        for name in settings.unknown:
+            _print_check(False, f"unknown setting {name} (a typo?)")
+        ok = asyncio.run(run_check(settings, _print_check))
+        tracing.shutdown()
+        return 0 if ok and not settings.unknown else 1
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -189,6 +189,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Timeout for connecting to a broker.",
     ),
     Setting(
+        "KTP_SHUTDOWN_TIMEOUT_MS",
+        "10000",
+        _positive_int,
+        "a positive number of milliseconds",
+        "On SIGTERM, how long in-flight requests may take to finish before connections close.",
+    ),
+    Setting(
         "KTP_LOG_LEVEL",
         "info",
         _choice("debug", "info", "warning", "error"),
@@ -237,6 +244,7 @@ class Settings:
     max_in_flight: int
     buffer_high_water_bytes: int
     connect_timeout_ms: int
+    shutdown_timeout_ms: int
     log_level: str
     log_format: str
     tracing_enabled: bool
@@ -309,6 +317,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_in_flight=parsed["KTP_MAX_IN_FLIGHT"],
         buffer_high_water_bytes=parsed["KTP_BUFFER_HIGH_WATER_BYTES"],
         connect_timeout_ms=parsed["KTP_CONNECT_TIMEOUT_MS"],
+        shutdown_timeout_ms=parsed["KTP_SHUTDOWN_TIMEOUT_MS"],
         log_level=parsed["KTP_LOG_LEVEL"],
         log_format=parsed["KTP_LOG_FORMAT"],
         tracing_enabled=parsed["KTP_TRACING_ENABLED"],

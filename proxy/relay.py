@@ -99,6 +99,11 @@ class ClientConnection(asyncio.Protocol):
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
 
     @property
+    def in_flight(self) -> int:
+        """Requests forwarded on this connection still waiting for their response."""
+        return self._exchange.in_flight if self._exchange is not None else 0
+
+    @property
     def _listener_label(self) -> str:
         return "bootstrap" if self._node_id < 0 else f"broker-{self._node_id}"
 

@@ -102,7 +102,11 @@ class ProxyProcess:
             if self._process.poll() is not None:
                 raise RuntimeError(f"proxy exited with {self._process.returncode}:\n{self.log()}")
             try:
-                socket.create_connection(("127.0.0.1", self.listen_port), timeout=0.5).close()
+                admin_on = self.env.get("KTP_ADMIN_ADDRESS", "").lower() != "off"
+                for port in (
+                    (self.listen_port, self.admin_port) if admin_on else (self.listen_port,)
+                ):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return self
             except OSError:
                 time.sleep(0.05)
