@@ -56,7 +56,7 @@ async def check_upstream(settings: Settings, report: Report) -> bool:
     good = False
     for target in settings.upstream_bootstrap_servers:
         try:
-            brokers, topics = await fetch_brokers(target, timeout)
+            brokers, _ = await fetch_brokers(target, timeout)
         except Exception as exc:  # report anything, keep checking
             report(False, f"upstream {target}: {exc or type(exc).__name__}")
             continue
