@@ -16,7 +16,10 @@ pytestmark = pytest.mark.integration
 def test_demo_prints_a_trace_from_orders_to_billing(tmp_path: Path) -> None:
     result = subprocess.run(
         ["bash", "scripts/demo", "--duration", "12", "--workdir", str(tmp_path / "demo")],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
