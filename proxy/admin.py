@@ -21,6 +21,8 @@ MAX_HEAD = 8192
 _HELP = {
     "requests": "Requests from clients, by API key.",
     "bytes": "Bytes relayed, by direction.",
+    "request_bytes": "Bytes of client requests (size prefix included), by API key.",
+    "response_bytes": "Bytes of broker responses (size prefix included), by API key.",
     "connections_accepted": "Client connections accepted, by listener.",
     "connections_open": "Client connections open now.",
     "upstream_connect_errors": "Client connections closed because no broker could be reached.",

@@ -161,6 +161,7 @@ class KafkaExchange:
         entry = InFlight(correlation_id, api_key, api_version, time.monotonic())
         self._inflight.append(entry)
         self._metrics.inc("requests", api_key=api_key)
+        self._metrics.inc("request_bytes", size + 4, api_key=api_key)
         if api_key == ApiKey.PRODUCE or api_key == ApiKey.API_VERSIONS:
             return entry
         if (
@@ -274,6 +275,7 @@ class KafkaExchange:
     def _classify_response(self, peek: memoryview, size: int) -> InFlight | None:
         entry = self._match(peek_correlation_id(peek))
         key, version = entry.api_key, entry.api_version
+        self._metrics.inc("response_bytes", size + 4, api_key=key)
         if key == ApiKey.API_VERSIONS:
             return entry
         if not _decodable(key, version):

@@ -42,6 +42,8 @@ def test_metrics_and_health_during_real_traffic(
         assert proxy.metric("ktp_requests_total", api_key="0") >= 1  # Produce
         assert proxy.metric("ktp_requests_total", api_key="1") >= 1  # Fetch
         assert proxy.metric("ktp_bytes_total", direction="client_to_proxy") > 500_000
+        assert proxy.metric("ktp_request_bytes_total", api_key="0") > 500_000
+        assert proxy.metric("ktp_response_bytes_total", api_key="1") > 500_000
         assert proxy.metric("ktp_bytes_total", direction="proxy_to_client") > 500_000
         assert proxy.metric("ktp_request_latency_seconds_count", api_key="0") >= 1
         assert proxy.metric("ktp_records_traced_total", side="produce", outcome="sampled") == 500

@@ -31,3 +31,35 @@ def test_demo_prints_a_trace_from_orders_to_billing(tmp_path: Path) -> None:
     assert re.match(r"\s+orders: send orders\s+[\d.]+ ms", tree[0])
     assert re.match(r"\s{4,}billing: receive orders\s+[\d.]+ ms", tree[1])
     assert "Traceback" not in output + result.stderr
+
+
+def test_ctrl_c_stops_the_demo_cleanly_with_a_report(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    process = subprocess.Popen(
+        [".venv/bin/python", "-m", "demo.quickstart", "--workdir", str(tmp_path / "demo")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in process.stdout:
+        lines.append(line)
+        if "orders sent" in line and not line.strip().startswith("0 s") and " 0 orders" not in line:
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "the demo should be running Kafka, Jaeger, proxies and apps"
+    process.send_signal(signal.SIGINT)
+    output = "".join(lines) + process.stdout.read()
+    process.stdout.close()
+    assert process.wait(60) == 0, output
+    assert "traces with orders -> billing:" in output
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
