@@ -61,5 +61,5 @@ def test_ctrl_c_stops_the_demo_cleanly_with_a_report(tmp_path: Path) -> None:
     process.stdout.close()
     assert process.wait(60) == 0, output
     assert "traces with orders -> billing:" in output
-    gone, alive = psutil.wait_procs(children, timeout=15)
+    _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"left running: {[p.cmdline() for p in alive]}"
