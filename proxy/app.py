@@ -16,6 +16,7 @@ from .interceptors import Interceptors
 from .listeners import Listeners
 from .metrics import Metrics
 from .relay import Runtime
+from .tls import listener_context, upstream_context
 from .tracing.setup import Tracing, build_tracing
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Proxy:
             interceptors=Interceptors(interceptors),
             metrics=self.metrics,
             connections=set(),
+            upstream_ssl=upstream_context(settings),
+            listen_ssl=listener_context(settings),
         )
         self.listeners = Listeners(self.runtime)
         brokers.set_observer(self.listeners.ensure_broker)
@@ -83,6 +86,7 @@ class Proxy:
                     self.runtime.brokers,
                     self.runtime.topics,
                     self.settings.connect_timeout_ms / 1000,
+                    self.runtime.upstream_ssl,
                 )
             )
         )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from .config import HostPort, Settings
 from .discovery import fetch_brokers
+from .tls import upstream_context
 
 Report = Callable[[bool, str], None]
 
@@ -53,10 +54,11 @@ def _post_empty_export(url: str, timeout: float) -> str:
 
 async def check_upstream(settings: Settings, report: Report) -> bool:
     timeout = settings.connect_timeout_ms / 1000
+    tls = upstream_context(settings)
     good = False
     for target in settings.upstream_bootstrap_servers:
         try:
-            brokers, _ = await fetch_brokers(target, timeout)
+            brokers, _ = await fetch_brokers(target, timeout, tls)
         except Exception as exc:  # report anything, keep checking
             report(False, f"upstream {target}: {exc or type(exc).__name__}")
             continue
@@ -65,9 +67,14 @@ async def check_upstream(settings: Settings, report: Report) -> bool:
         report(True, f"upstream {target}: cluster has {len(brokers)} broker(s): {listed}")
         for node, host, port in brokers:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=tls), timeout
+                )
                 writer.close()
-                report(True, f"broker {node} at {HostPort(host, port)} accepts connections")
+                secured = " over verified TLS" if tls and tls.check_hostname else ""
+                report(
+                    True, f"broker {node} at {HostPort(host, port)} accepts connections{secured}"
+                )
             except Exception as exc:
                 report(False, f"broker {node} at {HostPort(host, port)}: {exc}")
                 good = False

@@ -16,6 +16,7 @@ from .check import run_check
 from .config import ConfigError, Settings, load_settings, read_env_file
 from .logs import configure_logging
 from .metrics import Metrics
+from .tls import listener_context, upstream_context
 from .tracing.setup import Tracing, build_tracing
 
 log = logging.getLogger("proxy")
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in settings.unknown:
         log.warning("unknown setting %s ignored (a typo?)", name)
     metrics = Metrics()
+    try:
+        upstream_context(settings)
+        listener_context(settings)
+    except ConfigError as exc:
+        print(f"kafka-trace-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         tracing = build_tracing(
             settings.tracing_enabled, settings.otel, metrics, settings.consumer_span_mode

@@ -80,6 +80,10 @@ def _optional_host_port(text: str) -> HostPort | None:
     return None if text.strip().lower() == "off" else parse_host_port(text)
 
 
+def _path(text: str) -> str:
+    return text.strip()
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -150,6 +154,62 @@ SETTINGS: tuple[Setting, ...] = (
         _port_map,
         "node=port pairs, comma-separated (1=9101,2=9102)",
         "Explicit local port per broker node id; overrides the base port for those nodes.",
+    ),
+    Setting(
+        "KTP_UPSTREAM_TLS",
+        "false",
+        _bool,
+        "true or false",
+        "Connect to the brokers over TLS.",
+    ),
+    Setting(
+        "KTP_UPSTREAM_TLS_CA_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "CA bundle to verify brokers with; default: the system's trusted CAs.",
+    ),
+    Setting(
+        "KTP_UPSTREAM_TLS_CERT_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "Client certificate for mutual TLS with the brokers (with KTP_UPSTREAM_TLS_KEY_FILE).",
+    ),
+    Setting(
+        "KTP_UPSTREAM_TLS_KEY_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "Private key of KTP_UPSTREAM_TLS_CERT_FILE (if not in the same file).",
+    ),
+    Setting(
+        "KTP_UPSTREAM_TLS_VERIFY",
+        "true",
+        _bool,
+        "true or false",
+        "Verify broker certificates and host names; false is insecure (testing only).",
+    ),
+    Setting(
+        "KTP_LISTEN_TLS_CERT_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "Serve clients over TLS with this certificate (with KTP_LISTEN_TLS_KEY_FILE).",
+    ),
+    Setting(
+        "KTP_LISTEN_TLS_KEY_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "Private key of KTP_LISTEN_TLS_CERT_FILE (if not in the same file).",
+    ),
+    Setting(
+        "KTP_LISTEN_TLS_CLIENT_CA_FILE",
+        "",
+        _path,
+        "a PEM file path",
+        "Require client certificates signed by this CA (mutual TLS for clients).",
     ),
     Setting(
         "KTP_MAX_FRAME_BYTES",
@@ -239,6 +299,14 @@ class Settings:
     advertised_host: str
     broker_port_base: int
     broker_port_map: Mapping[int, int]
+    upstream_tls: bool
+    upstream_tls_ca_file: str | None
+    upstream_tls_cert_file: str | None
+    upstream_tls_key_file: str | None
+    upstream_tls_verify: bool
+    listen_tls_cert_file: str | None
+    listen_tls_key_file: str | None
+    listen_tls_client_ca_file: str | None
     max_frame_bytes: int
     max_batch_bytes: int
     max_in_flight: int
@@ -280,6 +348,33 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def _check_tls_combinations(parsed: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    """Catch TLS settings that would silently do nothing."""
+    upstream_files = [
+        n
+        for n in (
+            "KTP_UPSTREAM_TLS_CA_FILE",
+            "KTP_UPSTREAM_TLS_CERT_FILE",
+            "KTP_UPSTREAM_TLS_KEY_FILE",
+        )
+        if parsed[n]
+    ]
+    if upstream_files and not parsed["KTP_UPSTREAM_TLS"]:
+        raise ConfigError(
+            "KTP_UPSTREAM_TLS",
+            env.get("KTP_UPSTREAM_TLS"),
+            f"must be true when {upstream_files[0]} is set",
+        )
+    pairs = (
+        ("KTP_UPSTREAM_TLS_KEY_FILE", "KTP_UPSTREAM_TLS_CERT_FILE"),
+        ("KTP_LISTEN_TLS_KEY_FILE", "KTP_LISTEN_TLS_CERT_FILE"),
+        ("KTP_LISTEN_TLS_CLIENT_CA_FILE", "KTP_LISTEN_TLS_CERT_FILE"),
+    )
+    for dependent, required in pairs:
+        if parsed[dependent] and not parsed[required]:
+            raise ConfigError(required, None, f"required when {dependent} is set")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Validate settings from an environment mapping (default: the process environment)."""
     env = dict(os.environ if environ is None else environ)
@@ -305,6 +400,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env.get("KTP_ADVERTISED_HOST"),
             "required when listening on all interfaces: the address clients should dial",
         )
+    _check_tls_combinations(parsed, env)
     base = parsed["KTP_BROKER_PORT_BASE"] or listen.port + 1
     return Settings(
         upstream_bootstrap_servers=parsed["KTP_UPSTREAM_BOOTSTRAP_SERVERS"],
@@ -312,6 +408,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         advertised_host=advertised,
         broker_port_base=base,
         broker_port_map=parsed["KTP_BROKER_PORT_MAP"] or {},
+        upstream_tls=parsed["KTP_UPSTREAM_TLS"],
+        upstream_tls_ca_file=parsed["KTP_UPSTREAM_TLS_CA_FILE"],
+        upstream_tls_cert_file=parsed["KTP_UPSTREAM_TLS_CERT_FILE"],
+        upstream_tls_key_file=parsed["KTP_UPSTREAM_TLS_KEY_FILE"],
+        upstream_tls_verify=parsed["KTP_UPSTREAM_TLS_VERIFY"],
+        listen_tls_cert_file=parsed["KTP_LISTEN_TLS_CERT_FILE"],
+        listen_tls_key_file=parsed["KTP_LISTEN_TLS_KEY_FILE"],
+        listen_tls_client_ca_file=parsed["KTP_LISTEN_TLS_CLIENT_CA_FILE"],
         max_frame_bytes=parsed["KTP_MAX_FRAME_BYTES"],
         max_batch_bytes=parsed["KTP_MAX_BATCH_BYTES"],
         max_in_flight=parsed["KTP_MAX_IN_FLIGHT"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from kio.schema.metadata.v12.request import MetadataRequest
 from kio.schema.request_header.v2.header import RequestHeader
@@ -41,11 +42,11 @@ def metadata_request(correlation_id: int) -> bytes:
 
 
 async def fetch_brokers(
-    target: HostPort, timeout: float
+    target: HostPort, timeout: float, tls: ssl.SSLContext | None = None
 ) -> tuple[list[tuple[int, str, int]], dict]:
     """Ask one broker for the cluster's brokers; returns [(node id, host, port)] and topic ids."""
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(target.host, target.port), timeout
+        asyncio.open_connection(target.host, target.port, ssl=tls), timeout
     )
     try:
         writer.write(metadata_request(1))
@@ -62,12 +63,16 @@ async def fetch_brokers(
 
 
 async def discover(
-    targets: tuple[HostPort, ...], brokers: BrokerDirectory, topics: TopicNames, timeout: float
+    targets: tuple[HostPort, ...],
+    brokers: BrokerDirectory,
+    topics: TopicNames,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> bool:
     """Try each bootstrap server until one answers; True when brokers were learned."""
     for target in targets:
         try:
-            found, names = await fetch_brokers(target, timeout)
+            found, names = await fetch_brokers(target, timeout, tls)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("cluster discovery via %s failed: %s", target, exc)
             continue
@@ -83,13 +88,14 @@ async def keep_discovering(
     brokers: BrokerDirectory,
     topics: TopicNames,
     timeout: float,
+    tls: ssl.SSLContext | None = None,
     interval: float = 30.0,
 ) -> None:
     """Discover at start (retrying quickly until it works), then refresh now and then."""
     delay = 0.5
     warned = False
     while True:
-        if await discover(targets, brokers, topics, timeout):
+        if await discover(targets, brokers, topics, timeout, tls):
             delay = interval
         else:
             if not warned:

@@ -55,7 +55,9 @@ class Listeners:
         listen = self._runtime.settings.listen_address
         sock = _bind(listen.host, listen.port)
         self._servers[-1] = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(self._runtime, -1, self._bootstrap_targets), sock=sock
+            lambda: ClientConnection(self._runtime, -1, self._bootstrap_targets),
+            sock=sock,
+            ssl=self._runtime.listen_ssl,
         )
         log.info("listening on %s for bootstrap", listen)
 
@@ -84,7 +86,11 @@ class Listeners:
 
         loop = asyncio.get_running_loop()
         self._pending[node_id] = loop.create_task(
-            loop.create_server(lambda: ClientConnection(self._runtime, node_id, targets), sock=sock)
+            loop.create_server(
+                lambda: ClientConnection(self._runtime, node_id, targets),
+                sock=sock,
+                ssl=self._runtime.listen_ssl,
+            )
         )
         self._pending[node_id].add_done_callback(lambda task: self._served(node_id, task))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -39,6 +40,10 @@ class Runtime:
     interceptors: Interceptors
     metrics: Metrics
     connections: set[ClientConnection]
+    #: TLS towards the brokers (None: plaintext).
+    upstream_ssl: ssl.SSLContext | None = None
+    #: TLS towards clients (None: plaintext).
+    listen_ssl: ssl.SSLContext | None = None
 
 
 class _Pauser:
@@ -113,9 +118,14 @@ class ClientConnection(asyncio.Protocol):
         errors = []
         for target in self._targets():
             try:
+                tls = self._runtime.upstream_ssl
                 transport, _ = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: ServerConnection(self), target.host, target.port
+                        lambda: ServerConnection(self),
+                        target.host,
+                        target.port,
+                        ssl=tls,
+                        server_hostname=target.host if tls else None,
                     ),
                     timeout,
                 )
