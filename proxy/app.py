@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .admin import AdminServer
 from .brokers import BrokerDirectory, PortMapping, TopicNames
 from .config import Settings
-from .discovery import keep_discovering
+from .discovery import UpstreamStatus, keep_discovering
 from .groups import GroupDirectory
 from .interceptors import Interceptors
 from .listeners import Listeners
@@ -61,18 +61,23 @@ class Proxy:
         )
         self.listeners = Listeners(self.runtime)
         brokers.set_observer(self.listeners.ensure_broker)
+        self.upstream = UpstreamStatus()
         self.admin = AdminServer(self.metrics, self.readiness)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when clients can connect and the cluster's brokers are known."""
+        """Ready when clients can connect and the cluster answers (brokers known, or at least a
+        bootstrap server accepting connections: SASL clusters answer nothing before auth)."""
         known = self.runtime.brokers.known
         if not self.listeners.bootstrap_bound:
             return False, "bootstrap listener not bound"
-        if not known:
-            return False, "no upstream broker reached yet"
-        return True, f"ready: {len(known)} broker(s) known"
+        if known:
+            return True, f"ready: {len(known)} broker(s) known"
+        if self.upstream.reachable:
+            return True, "ready: upstream accepts connections (brokers not listed yet)"
+        detail = f" ({self.upstream.last_error})" if self.upstream.last_error else ""
+        return False, f"no upstream broker reached yet{detail}"
 
     async def start(self) -> None:
         await self.listeners.start_bootstrap()
@@ -87,6 +92,7 @@ class Proxy:
                     self.runtime.topics,
                     self.settings.connect_timeout_ms / 1000,
                     self.runtime.upstream_ssl,
+                    self.upstream,
                 )
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 
 from kio.schema.metadata.v12.request import MetadataRequest
 from kio.schema.request_header.v2.header import RequestHeader
@@ -41,13 +42,28 @@ def metadata_request(correlation_id: int) -> bytes:
     return frame(encode(header) + encode(body))
 
 
+@dataclass
+class UpstreamStatus:
+    """What discovery found out about the upstream cluster, for readiness."""
+
+    #: A bootstrap server accepted a connection (and a TLS handshake, when configured). With
+    #: SASL the proxy cannot ask for metadata itself, so this alone counts as reachable.
+    reachable: bool = False
+    last_error: str = ""
+
+
 async def fetch_brokers(
-    target: HostPort, timeout: float, tls: ssl.SSLContext | None = None
+    target: HostPort,
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
+    status: UpstreamStatus | None = None,
 ) -> tuple[list[tuple[int, str, int]], dict]:
     """Ask one broker for the cluster's brokers; returns [(node id, host, port)] and topic ids."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(target.host, target.port, ssl=tls), timeout
     )
+    if status is not None:
+        status.reachable = True
     try:
         writer.write(metadata_request(1))
         await writer.drain()
@@ -68,13 +84,16 @@ async def discover(
     topics: TopicNames,
     timeout: float,
     tls: ssl.SSLContext | None = None,
+    status: UpstreamStatus | None = None,
 ) -> bool:
     """Try each bootstrap server until one answers; True when brokers were learned."""
     for target in targets:
         try:
-            found, names = await fetch_brokers(target, timeout, tls)
+            found, names = await fetch_brokers(target, timeout, tls, status)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("cluster discovery via %s failed: %s", target, exc)
+            if status is not None:
+                status.last_error = f"{target}: {exc or type(exc).__name__}"
             continue
         for node_id, host, port in found:
             brokers.map_address(node_id, host, port)
@@ -89,13 +108,14 @@ async def keep_discovering(
     topics: TopicNames,
     timeout: float,
     tls: ssl.SSLContext | None = None,
+    status: UpstreamStatus | None = None,
     interval: float = 30.0,
 ) -> None:
     """Discover at start (retrying quickly until it works), then refresh now and then."""
     delay = 0.5
     warned = False
     while True:
-        if await discover(targets, brokers, topics, timeout, tls):
+        if await discover(targets, brokers, topics, timeout, tls, status):
             delay = interval
         else:
             if not warned:
