@@ -1,0 +1,1 @@
+"""Performance benchmarks: the proxy measured against a direct connection and a C relay."""

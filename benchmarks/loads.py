@@ -1,0 +1,345 @@
+"""The loads: Kafka's own Java perf tools plus confluent-kafka (librdkafka) for a non-Java client.
+
+Each load runs against one bootstrap address and returns plain numbers (a `LoadResult`). The Java
+tools report their own throughput and latency, measured inside the JVM, so JVM start-up never
+counts. Kafka's tools say "MB" for MiB (2^20 bytes); so does this module.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed.java_tools import java_tool_command
+
+from .harness import run_logged
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Load:
+    """One kind of traffic. `source` names the produce load whose topic a consume load reads."""
+
+    name: str
+    kind: str  # producer-perf, consumer-perf, e2e-java, e2e-py, produce-py
+    records: int
+    quick_records: int
+    record_size: int = 1024
+    compression: str = "none"
+    source: str | None = None
+    description: str = ""
+
+    def count(self, quick: bool, scale: float = 1.0) -> int:
+        if quick:
+            return self.quick_records
+        return max(1, int(self.records * scale))
+
+
+# Full counts are sized for the whole matrix (9 loads x 5 paths x 3 repetitions) to take about
+# 15 minutes on a 2-core machine shared with the broker; --scale 2.5 gives the 200k x 1 KiB runs
+# a faster machine can afford.
+LOADS: dict[str, Load] = {
+    load.name: load
+    for load in (
+        Load("produce-1k", "producer-perf", 80_000, 5_000, 1024, "none",
+             description="ProducerPerformance 1 KiB, acks=all, uncompressed"),
+        Load("produce-1k-lz4", "producer-perf", 80_000, 5_000, 1024, "lz4",
+             description="ProducerPerformance 1 KiB, acks=all, lz4"),
+        Load("produce-100b", "producer-perf", 150_000, 20_000, 100, "none",
+             description="ProducerPerformance 100 B, acks=all, uncompressed"),
+        Load("produce-100b-lz4", "producer-perf", 150_000, 20_000, 100, "lz4",
+             description="ProducerPerformance 100 B, acks=all, lz4"),
+        Load("consume-1k", "consumer-perf", 80_000, 5_000, 1024, source="produce-1k",
+             description="ConsumerPerformance of produce-1k's records, fresh group"),
+        Load("consume-100b", "consumer-perf", 150_000, 20_000, 100, source="produce-100b",
+             description="ConsumerPerformance of produce-100b's records, fresh group"),
+        Load("e2e-java", "e2e-java", 500, 100, 100,
+             description="EndToEndLatency 100 B, acks=all (Java; whole-ms percentiles)"),
+        Load("e2e-py", "e2e-py", 1_000, 200, 100,
+             description="produce one, consume it, repeat (confluent-kafka; µs percentiles)"),
+        Load("produce-py", "produce-py", 300_000, 5_000, 1024,
+             description="confluent-kafka producer 1 KiB, acks=all, uncompressed"),
+    )
+}  # fmt: skip
+
+
+@dataclass
+class LoadResult:
+    """What one run of a load measured. `values` are the figures the report tabulates."""
+
+    ok: bool
+    values: dict[str, float] = field(default_factory=dict)
+    records: int = 0
+    payload_bytes: int = 0
+    error: str = ""
+    wall_seconds: float = 0.0
+
+
+# -- Java tools -------------------------------------------------------------------------------
+
+_PRODUCER_SUMMARY = re.compile(
+    r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+    r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99.9th"
+)
+_E2E_AVG = re.compile(r"Avg latency: ([\d.]+) ms")
+_E2E_PCT = re.compile(r"Percentiles: 50th = (\d+), 99th = (\d+), 99.9th = (\d+)")
+
+
+FULL_JIT = True
+"""Run the Java tools with the full JIT; --quick turns it off (C1 only starts faster, and a smoke
+test's numbers do not matter)."""
+
+
+def _java(tool: str, *args: str) -> list[str]:
+    return java_tool_command("4", tool, *args, heap="512m", quick_start=not FULL_JIT)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def producer_perf(
+    bootstrap: str, topic: str, records: int, size: int, compression: str, log: Path
+) -> LoadResult:
+    """ProducerPerformance at full speed (--throughput -1); MB/s and its latency percentiles."""
+    cmd = _java(
+        "ProducerPerformance",
+        "--bootstrap-server", bootstrap,
+        "--topic", topic,
+        "--num-records", str(records),
+        "--record-size", str(size),
+        "--throughput", "-1",
+        "--reporting-interval", "60000",
+        "--command-property", "acks=all", f"compression.type={compression}",
+    )  # fmt: skip
+    rc, out = run_logged(cmd, log, timeout=300)
+    matches = list(_PRODUCER_SUMMARY.finditer(out))
+    match = matches[-1] if matches else None
+    if rc != 0 or match is None or int(match.group(1)) != records:
+        return LoadResult(False, error=f"rc={rc}\n{_tail(out)}")
+    return LoadResult(
+        True,
+        {
+            "mb_s": float(match.group(3)),
+            "records_s": float(match.group(2)),
+            "lat_avg_ms": float(match.group(4)),
+            "lat_p50_ms": float(match.group(6)),
+            "lat_p99_ms": float(match.group(8)),
+        },
+        records=records,
+        payload_bytes=records * size,
+    )
+
+
+def consumer_perf(bootstrap: str, topic: str, records: int, size: int, log: Path) -> LoadResult:
+    """ConsumerPerformance from the beginning with a fresh group; fetch MB/s excludes the join."""
+    cmd = _java(
+        "ConsumerPerformance",
+        "--bootstrap-server", bootstrap,
+        "--topic", topic,
+        "--num-records", str(records),
+        "--group", f"bench-{uuid.uuid4().hex[:12]}",
+        "--timeout", "30000",
+    )  # fmt: skip
+    rc, out = run_logged(cmd, log, timeout=300)
+    header = None
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if cells and cells[0] == "start.time":
+            header = cells
+        elif header and len(cells) == len(header):
+            row = dict(zip(header, cells, strict=True))
+            try:
+                consumed = int(row["data.consumed.in.nMsg"])
+                values = {
+                    "mb_s": float(row["fetch.MB.sec"]),
+                    "mb_s_with_join": float(row["MB.sec"]),
+                    "records_s": float(row["fetch.nMsg.sec"]),
+                    "rebalance_ms": float(row["rebalance.time.ms"]),
+                }
+            except (KeyError, ValueError):
+                continue
+            if rc == 0 and consumed >= records:
+                return LoadResult(True, values, records=consumed, payload_bytes=consumed * size)
+            return LoadResult(False, error=f"rc={rc}, consumed {consumed}/{records}")
+    return LoadResult(False, error=f"rc={rc}\n{_tail(out)}")
+
+
+def e2e_java(bootstrap: str, topic: str, records: int, size: int, log: Path) -> LoadResult:
+    """EndToEndLatency: one record at a time, acks=all; avg (µs resolution), percentiles (ms)."""
+    cmd = _java(
+        "EndToEndLatency",
+        "--bootstrap-server", bootstrap,
+        "--topic", topic,
+        "--num-records", str(records),
+        "--producer-acks", "all",
+        "--record-size", str(size),
+    )  # fmt: skip
+    rc, out = run_logged(cmd, log, timeout=300)
+    avg, pct = _E2E_AVG.search(out), _E2E_PCT.search(out)
+    if rc != 0 or avg is None or pct is None:
+        return LoadResult(False, error=f"rc={rc}\n{_tail(out)}")
+    return LoadResult(
+        True,
+        {
+            "lat_avg_ms": float(avg.group(1)),
+            "lat_p50_ms": float(pct.group(1)),
+            "lat_p99_ms": float(pct.group(2)),
+            "lat_p999_ms": float(pct.group(3)),
+        },
+        records=records,
+        payload_bytes=records * size,
+    )
+
+
+# -- confluent-kafka --------------------------------------------------------------------------
+
+
+def _quiet_logger() -> object:
+    import logging
+
+    logger = logging.getLogger("benchmarks.librdkafka")
+    logger.propagate = False
+    logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def produce_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
+    """confluent-kafka producer at full speed: a non-Java client's produce path (librdkafka)."""
+    from confluent_kafka import KafkaException, Producer
+
+    failures = 0
+
+    def on_delivery(err: object, msg: object) -> None:
+        nonlocal failures
+        if err is not None:
+            failures += 1
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "none",
+            "queue.buffering.max.messages": 200_000,
+            "logger": _quiet_logger(),
+        }
+    )
+    try:
+        producer.list_topics(topic, timeout=15)  # connect and learn the leader before timing
+        payload = b"x" * size
+        began = time.perf_counter()
+        for _ in range(records):
+            while True:
+                try:
+                    producer.produce(topic, payload, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.005)
+            producer.poll(0)
+        remaining = producer.flush(120)
+        elapsed = time.perf_counter() - began
+    except KafkaException as exc:
+        return LoadResult(False, error=str(exc))
+    finally:
+        del producer
+    if remaining or failures:
+        return LoadResult(False, error=f"{failures} failed, {remaining} not delivered")
+    return LoadResult(
+        True,
+        {"mb_s": records * size / MIB / elapsed, "records_s": records / elapsed},
+        records=records,
+        payload_bytes=records * size,
+    )
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def e2e_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
+    """Produce one record, wait until the consumer holds it, repeat: µs-resolution latency.
+
+    EndToEndLatency reports whole milliseconds, too coarse to see a 0.1 ms cost, so this loop
+    times each round trip with perf_counter_ns. Client overhead is the same on every path; the
+    difference between paths is what the path adds.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+    logger = _quiet_logger()
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, "logger": logger}
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 500,
+            "logger": logger,
+        }
+    )
+    latencies: list[float] = []
+    try:
+        # The topic is new and empty: reading from the beginning sees every record, however
+        # long the consumer takes to connect.
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        warmup = 20
+        for i in range(warmup + records):
+            value = f"{i:08d}".encode().ljust(size, b"x")
+            began = time.perf_counter_ns()
+            producer.produce(topic, value)
+            producer.poll(0)
+            deadline = time.monotonic() + 30
+            while True:
+                msg = consumer.poll(1.0)
+                if msg is not None and msg.error() is None and msg.value() == value:
+                    break
+                if time.monotonic() > deadline:
+                    return LoadResult(False, error=f"record {i} not received within 30 s")
+            if i >= warmup:  # the first round trips include connection and offset set-up
+                latencies.append((time.perf_counter_ns() - began) / 1e6)
+        producer.flush(10)
+    except KafkaException as exc:
+        return LoadResult(False, error=str(exc))
+    finally:
+        consumer.close()
+        del producer
+    latencies.sort()
+    return LoadResult(
+        True,
+        {
+            "lat_avg_ms": statistics.fmean(latencies),
+            "lat_p50_ms": _percentile(latencies, 0.50),
+            "lat_p99_ms": _percentile(latencies, 0.99),
+            "lat_p999_ms": _percentile(latencies, 0.999),
+        },
+        records=records,
+        payload_bytes=records * size,
+    )
+
+
+def run_load(load: Load, bootstrap: str, topic: str, records: int, log: Path) -> LoadResult:
+    """Run `load` once; wall time covers the whole run, including any JVM start-up."""
+    began = time.monotonic()
+    if load.kind == "producer-perf":
+        result = producer_perf(bootstrap, topic, records, load.record_size, load.compression, log)
+    elif load.kind == "consumer-perf":
+        result = consumer_perf(bootstrap, topic, records, load.record_size, log)
+    elif load.kind == "e2e-java":
+        result = e2e_java(bootstrap, topic, records, load.record_size, log)
+    elif load.kind == "e2e-py":
+        result = e2e_py(bootstrap, topic, records, load.record_size)
+    elif load.kind == "produce-py":
+        result = produce_py(bootstrap, topic, records, load.record_size)
+    else:
+        raise ValueError(f"unknown load kind {load.kind!r}")
+    result.wall_seconds = time.monotonic() - began
+    return result

@@ -1,0 +1,438 @@
+"""The benchmark matrix: every load through every path, interleaved, against one real broker.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--reps N] [--only PATH,...] [--loads LOAD,...]
+
+Paths and loads are listed by --help. For each repetition the matrix runs load by load, and within
+a load path by path (direct, socat, proxy-off, proxy-1pct, proxy-100pct, then again), so drift of a
+shared, noisy machine hits every path alike; figures are reported as medians with ranges and as
+ratios to direct within the same repetition. Writes benchmarks/results/latest.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import loads as loads_module
+from benchmarks.harness import (
+    PATHS,
+    SOCAT_INSTALL_HINT,
+    BenchCluster,
+    LeakWatcher,
+    RunningPath,
+    create_topics,
+    install_signal_handlers,
+    metric_sum,
+    started_paths,
+    uptime,
+)
+from benchmarks.loads import LOADS, MIB, Load, produce_py, run_load
+from benchmarks.report import markdown, sampled_record_cost, summarise, targets
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.run",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="paths:\n"
+        + "\n".join(f"  {p.name:14} {p.description}" for p in PATHS.values())
+        + "\nloads (full record counts):\n"
+        + "\n".join(f"  {ld.name:17} {ld.records:>9} x  {ld.description}" for ld in LOADS.values()),
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition (smoke)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--only", help="comma-separated paths (direct is always added)")
+    parser.add_argument(
+        "--loads",
+        help="comma-separated loads (a consume load adds its produce load); --quick default: "
+        + ",".join(QUICK_LOADS),
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every full record count (default 1)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--name", default="latest", help="results file stem (default latest)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep broker/tool logs")
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    return args
+
+
+def select_paths(only: str | None) -> list[str]:
+    if not only:
+        return list(PATHS)
+    wanted = [p.strip() for p in only.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PATHS]
+    if unknown:
+        raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+    return [p for p in PATHS if p == "direct" or p in wanted]  # canonical order, direct first
+
+
+QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "produce-py")
+"""--quick runs one load of each kind: it smoke-tests every code path in under two minutes."""
+
+
+def select_loads(names: str | None, quick: bool = False) -> list[Load]:
+    if not names:
+        names = ",".join(QUICK_LOADS) if quick else ",".join(LOADS)
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = wanted - set(LOADS)
+    if unknown:
+        raise SystemExit(f"unknown load(s) {sorted(unknown)}; choose from {', '.join(LOADS)}")
+    for name in list(wanted):
+        source = LOADS[name].source
+        if source:
+            wanted.add(source)
+    return [load for load in LOADS.values() if load.name in wanted]
+
+
+def git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return "unknown"
+
+
+def measure(
+    path: RunningPath,
+    running: Mapping[str, RunningPath],
+    load: Load,
+    topic: str,
+    records: int,
+    rep: int,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """One measured run: the load's own figures plus the relay's CPU and counters around it."""
+    before = path.metrics()
+    cpu_before = path.cpu_seconds()
+    loadavg = os.getloadavg()[0]
+    with LeakWatcher(path, running) as watch:
+        result = run_load(
+            load, path.bootstrap, topic, records, log_dir / f"r{rep}-{load.name}-{path.name}.log"
+        )
+    cpu = path.cpu_seconds() - cpu_before
+    after = path.metrics()
+    values: dict[str, float] = dict(result.values)
+    relay: dict[str, Any] | None = None
+    if path.pid is not None:
+
+        def delta(name: str, **labels: str) -> float:
+            return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+        requests = delta("ktp_requests_total")
+        relay = {
+            "cpu_seconds": cpu,
+            "requests": requests,
+            "bytes_relayed": delta("ktp_bytes_total"),
+            "records_sampled": delta("ktp_records_traced_total", outcome="sampled"),
+            "spans_exported": delta("ktp_spans_exported_total"),
+            "spans_dropped": delta("ktp_spans_dropped_total"),
+            "header_injections_skipped": delta("ktp_header_injections_skipped_total"),
+            "rss_mb": path.rss_bytes() / 1e6,
+        }
+        if result.payload_bytes:
+            values["cpu_ms_per_mb"] = cpu * 1000 / (result.payload_bytes / MIB)
+        if requests:
+            values["cpu_us_per_request"] = cpu * 1e6 / requests
+    leak = watch.report()
+    error = result.error
+    if leak["bypassing_connections"]:
+        error = f"{leak['bypassing_connections']} connection(s) bypassed {path.name}; {error}"
+    return {
+        "rep": rep,
+        "load": load.name,
+        "kind": load.kind,
+        "path": path.name,
+        "ok": result.ok and not leak["bypassing_connections"],
+        "error": error,
+        "records": result.records,
+        "payload_bytes": result.payload_bytes,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "loadavg_1m": loadavg,
+        "values": values,
+        "relay": relay,
+        "leak_check": leak,
+    }
+
+
+def warm_up(running: Mapping[str, RunningPath], bootstrap: str, quick: bool) -> None:
+    """Unmeasured traffic through every path: broker JIT, proxy caches, connections."""
+    create_topics(bootstrap, ["bench-warmup"])
+    for path in running.values():
+        result = produce_py(path.bootstrap, "bench-warmup", 2_000 if quick else 20_000, 1024)
+        if not result.ok:
+            raise RuntimeError(f"warm-up through {path.name} failed: {result.error}")
+
+
+def drain_and_collect(running: Mapping[str, RunningPath], timeout: float = 20.0) -> dict[str, Any]:
+    """Wait for span export queues to drain, then gather each relay's totals."""
+    tracing = [p for p in running.values() if p.spec.tracing]
+    deadline = time.monotonic() + timeout
+    last: tuple[float, ...] = ()
+    stable_since = time.monotonic()
+    while tracing and time.monotonic() < deadline:
+        now = tuple(
+            metric_sum(m, "ktp_spans_exported_total") + metric_sum(m, "ktp_spans_dropped_total")
+            for m in (p.metrics() for p in tracing)
+        )
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since > 6:  # > the 5 s export schedule delay
+            break
+        time.sleep(1)
+    relays: dict[str, Any] = {}
+    for path in running.values():
+        if path.pid is None:
+            continue
+        samples = path.metrics()
+        info: dict[str, Any] = {
+            "pid": path.pid,
+            "peak_rss_mb": path.peak_rss_bytes() / 1e6,
+            "rss_mb": path.rss_bytes() / 1e6,
+            "cpu_seconds_total": path.cpu_seconds(),
+        }
+        if path.proxy is not None:
+            info["spans_exported"] = metric_sum(samples, "ktp_spans_exported_total")
+            info["spans_dropped"] = {
+                reason: metric_sum(samples, "ktp_spans_dropped_total", reason=reason)
+                for reason in ("queue_full", "export_failed", "shutdown")
+            }
+            info["records_traced"] = {
+                f"{side}/{outcome}": metric_sum(
+                    samples, "ktp_records_traced_total", side=side, outcome=outcome
+                )
+                for side, outcome in (
+                    ("produce", "sampled"),
+                    ("produce", "unsampled"),
+                    ("fetch", "context"),
+                    ("fetch", "no_context"),
+                )
+            }
+            info["interceptor_errors"] = metric_sum(samples, "ktp_interceptor_errors_total")
+        if path.sink is not None:
+            with contextlib.suppress(OSError):
+                info["sink"] = path.sink.stats()
+        relays[path.name] = info
+    return relays
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("socat") is None and "socat" in select_paths(args.only):
+        print(f"error: {SOCAT_INSTALL_HINT} (or leave it out: --only ...)", file=sys.stderr)
+        return 2
+    install_signal_handlers()
+    path_names = select_paths(args.only)
+    loads = select_loads(args.loads, args.quick)
+    loads_module.FULL_JIT = not args.quick
+    reps = 1 if args.quick else args.reps
+    counts = {load.name: load.count(args.quick, args.scale) for load in loads}
+    for load in loads:  # a consume load reads exactly what its produce load wrote
+        if load.source:
+            counts[load.name] = counts[load.source]
+    workdir = Path(tempfile.mkdtemp(prefix="ktp-bench-"))
+    log_dir = workdir / "logs"
+    log_dir.mkdir()
+    started_at = dt.datetime.now(dt.UTC)
+    began = time.monotonic()
+    uptime_before = uptime()
+    print(f"==> {uptime_before}")
+    print(f"==> paths {', '.join(path_names)}; {reps} repetition(s); logs in {workdir}")
+    runs: list[dict[str, Any]] = []
+    failed = False
+    try:
+        cluster = BenchCluster(workdir / "kafka")
+        with contextlib.ExitStack() as stack:
+            cluster.start()
+            stack.callback(cluster.stop)
+            print(f"==> Kafka up in {cluster.start_seconds:.1f} s at {cluster.bootstrap_servers}")
+            specs = [PATHS[name] for name in path_names]
+            running = stack.enter_context(started_paths(specs, cluster, workdir))
+            print("==> every path verified to advertise only itself; warming up")
+            warm_up(running, cluster.bootstrap_servers, args.quick)
+            for rep in range(reps):
+                topics = {
+                    (load.name, path): f"bench-r{rep}-{load.name}-{path}"
+                    for load in loads
+                    if load.kind != "consumer-perf"
+                    for path in path_names
+                }
+                create_topics(cluster.bootstrap_servers, list(topics.values()))
+                for load in loads:
+                    for name in path_names:
+                        topic = topics[(load.source or load.name, name)]
+                        source_ok = not load.source or any(
+                            r["ok"] for r in runs
+                            if (r["rep"], r["load"], r["path"]) == (rep, load.source, name)
+                        )  # fmt: skip
+                        if not source_ok:
+                            continue
+                        run = measure(
+                            running[name], running, load, topic, counts[load.name], rep, log_dir
+                        )
+                        runs.append(run)
+                        print(progress_line(run, reps), flush=True)
+            print("==> waiting for span exports to drain")
+            relays = drain_and_collect(running)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process stopped", file=sys.stderr)
+        failed = True
+        args.keep_workdir = True
+        if not runs:
+            return 130
+        relays = {}
+    except Exception:
+        args.keep_workdir = True
+        print(f"error; logs kept in {workdir}", file=sys.stderr)
+        raise
+    finally:
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    duration = time.monotonic() - began
+    uptime_after = uptime()
+    document = build_document(
+        args, path_names, loads, counts, reps, runs, relays,
+        started_at, duration, uptime_before, uptime_after, workdir,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"{args.name}.json"
+    md_path = args.out / f"{args.name}.md"
+    json_path.write_text(json.dumps(document, indent=2, default=float) + "\n")
+    md_path.write_text(document["table_markdown"])
+    print()
+    print(document["table_markdown"])
+    print(f"==> {uptime_after}")
+    print(f"==> {len(runs)} runs in {duration / 60:.1f} min; wrote {json_path} and {md_path}")
+    bad = [r for r in runs if not r["ok"]]
+    for run in bad:
+        print(f"FAILED {run['load']} via {run['path']} (rep {run['rep']}): {run['error']}")
+    return 1 if failed or bad else 0
+
+
+def progress_line(run: Mapping[str, Any], reps: int) -> str:
+    values = run["values"]
+    shown = ", ".join(
+        f"{k}={v:.3g}" for k, v in values.items() if k in ("mb_s", "lat_p50_ms", "lat_p99_ms")
+    )
+    relay = run.get("relay")
+    cpu = f", relay cpu {relay['cpu_seconds']:.2f}s" if relay else ""
+    status = (
+        "ok" if run["ok"] else f"FAILED: {run['error'].splitlines()[0] if run['error'] else ''}"
+    )
+    return (
+        f"  rep {run['rep'] + 1}/{reps} {run['load']:17} {run['path']:13} {shown}{cpu} "
+        f"({run['wall_seconds']:.1f}s, load {run['loadavg_1m']:.1f}) {status}"
+    )
+
+
+def build_document(
+    args: argparse.Namespace,
+    path_names: list[str],
+    loads: list[Load],
+    counts: Mapping[str, int],
+    reps: int,
+    runs: list[dict[str, Any]],
+    relays: Mapping[str, Any],
+    started_at: dt.datetime,
+    duration: float,
+    uptime_before: str,
+    uptime_after: str,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Everything the run measured, plus the summary, the targets and the markdown table."""
+    summary = summarise(runs)
+    goals = targets(summary)
+    costs = sampled_record_cost(runs)
+    loadavgs = [r["loadavg_1m"] for r in runs]
+    header = [
+        f"# kafka-trace-proxy benchmark ({started_at:%Y-%m-%d %H:%M} UTC, commit {git_commit()})",
+        "",
+        f"- {reps} repetition(s), interleaved by path; {len(runs)} runs in {duration / 60:.1f} min"
+        + (" (--quick)" if args.quick else ""),
+        "- records per run: " + ", ".join(f"{ld.name} {counts[ld.name]:,}" for ld in loads),
+        f"- machine: {os.cpu_count()} CPUs, shared by broker, clients and relay; 1-min load "
+        + (f"during runs {min(loadavgs):.1f}-{max(loadavgs):.1f}" if loadavgs else "n/a"),
+        f"- uptime before: `{uptime_before}`",
+        f"- uptime after: `{uptime_after}`",
+    ]
+    table = markdown(
+        summary,
+        [(ld.name, ld.kind, ld.description) for ld in loads],
+        path_names,
+        goals,
+        costs,
+        relays,
+        header,
+    )
+    return {
+        "started_at": started_at.isoformat(),
+        "duration_seconds": round(duration, 1),
+        "commit": git_commit(),
+        "quick": args.quick,
+        "reps": reps,
+        "scale": args.scale,
+        "cpus": os.cpu_count(),
+        "uptime_before": uptime_before,
+        "uptime_after": uptime_after,
+        "workdir": str(workdir) if args.keep_workdir else None,
+        "paths": {
+            name: {"description": PATHS[name].description, **PATHS[name].env} for name in path_names
+        },
+        "loads": {
+            ld.name: {
+                "kind": ld.kind,
+                "records": counts[ld.name],
+                "record_size": ld.record_size,
+                "compression": ld.compression,
+                "description": ld.description,
+            }
+            for ld in loads
+        },
+        "summary": {
+            load: {
+                metric: {path: s.as_dict() for path, s in per_path.items()}
+                for metric, per_path in metrics.items()
+            }
+            for load, metrics in summary.items()
+        },
+        "targets": [g.as_dict() for g in goals],
+        "sampled_record_cost": costs,
+        "relays": relays,
+        "runs": runs,
+        "table_markdown": table,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
