@@ -98,7 +98,10 @@ def main() -> None:
     ctx = ConnectionContext(
         1, ("127.0.0.1", 1), BrokerEndpoint(1, "broker", 9092), "bench", "group"
     )
-    print(f"{'codec':<8}{'sampled':>12}{'unsampled':>12}{'fetch':>12}   µs per record")
+    print(
+        f"{'codec':<8}{'sampled':>12}{'unsampled':>12}{'fetch':>12}{'fetch-unsamp':>14}"
+        "   µs per record"
+    )
     for codec, name in enumerate(["none", "gzip", "snappy", "lz4", "zstd"]):
         raw = batch(codec)
         figures = []
@@ -125,8 +128,20 @@ def main() -> None:
 
         figures.append(per_record_us(fetch, args.seconds))
         pipeline.shutdown()
+        unsampled_core, _, pipeline = core("0")
+        quiet = ProducePartition("t", None, 0, -1, None, raw)
+        ProduceTracer(unsampled_core, Metrics()).on_produce_request(ctx, quiet)
+        assert quiet.replaced_records is not None
+        skimmer = FetchTracer(unsampled_core, Metrics())
+        quiet_fetch = FetchedPartition("t", None, 0, 0, 0, quiet.replaced_records, ())
+
+        def skim(consumer: FetchTracer = skimmer, fetched: FetchedPartition = quiet_fetch) -> None:
+            consumer.on_fetch_response(ctx, fetched)
+
+        figures.append(per_record_us(skim, args.seconds))
+        pipeline.shutdown()
         assert sum(1 for _ in iter_batches(traced.replaced_records)) == 1
-        print(f"{name:<8}" + "".join(f"{f:>12.2f}" for f in figures))
+        print(f"{name:<8}" + "".join(f"{f:>12.2f}" for f in figures[:3]) + f"{figures[3]:>14.2f}")
     tracing, exporter, pipeline = core("1")
     producer = ProduceTracer(tracing, Metrics())
     raw = batch(0)

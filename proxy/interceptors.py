@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .codec.records import BatchView, RecordView, add_headers, iter_batches
+from .codec.records import BatchView, EncodedHeaders, RecordView, add_headers, iter_batches
 
-#: For one record, the headers to append to it (may be empty).
-HeaderSource = Callable[[RecordView], Sequence[tuple[str, bytes]]]
+#: For one record, the headers to append to it (may be empty), as pairs or already encoded.
+HeaderSource = Callable[[RecordView], Sequence[tuple[str, bytes]] | EncodedHeaders]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ class ProducePartition:
         outcomes: list[BatchInjection] = []
         calls = 0
 
-        def counted(record: RecordView) -> Sequence[tuple[str, bytes]]:
+        def counted(record: RecordView) -> Sequence[tuple[str, bytes]] | EncodedHeaders:
             nonlocal calls
             calls += 1
             return headers_for(record)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 import crc32c
@@ -389,11 +390,17 @@ class BatchView:
             return True
         return crc32c.crc32c(self.raw[ATTRIBUTES_OFFSET:]) == self.crc
 
-    def records(self) -> Iterator[RecordView]:
+    def body(self) -> memoryview:
+        """The records section, decompressed (a view of the batch itself when uncompressed)."""
+        if self.is_legacy:
+            return memoryview(b"")
+        return self._body()
+
+    def records(self, body: memoryview | None = None) -> Iterator[RecordView]:
         """Decode the records, decompressing the body now (not when the batch was found)."""
         if self.is_legacy:
             return iter(())
-        return self._records(self._body())
+        return self._records(self._body() if body is None else body)
 
     def _body(self) -> memoryview:
         payload = self.raw[RECORDS_OFFSET:]
@@ -450,7 +457,22 @@ def iter_batches(
         pos = end
 
 
-HeadersForRecord: TypeAlias = Callable[[RecordView], Sequence[tuple[str, bytes | None]]]
+@dataclass(frozen=True, slots=True)
+class EncodedHeaders:
+    """Headers already in wire form: callers that add the same kind of header to every record
+    (a traceparent) build these directly and skip per-header encoding."""
+
+    count: int
+    data: bytes
+
+
+HeadersForRecord: TypeAlias = Callable[
+    [RecordView], Sequence[tuple[str, bytes | None]] | EncodedHeaders
+]
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> EncodedHeaders:
+    return EncodedHeaders(len(headers), _encode_headers(headers))
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -491,14 +513,20 @@ def add_headers(
     # Callbacks often return the same header list for a whole batch: encode it once.
     last_extra: object = None
     added = b""
+    added_count = 0
     for record in view._records(body):
         extra = headers_for_record(record)
-        if not extra:
+        if type(extra) is EncodedHeaders:
+            if not extra.count:
+                continue
+            added, added_count = extra.data, extra.count
+            last_extra = None
+        elif not extra:
             continue
-        if extra is not last_extra:
-            added = _encode_headers(extra)
+        elif extra is not last_extra:
+            added, added_count = _encode_headers(extra), len(extra)
             last_extra = extra
-        header_count = _encode_varint(record._header_count + len(extra))
+        header_count = _encode_varint(record._header_count + added_count)
         kept_before_count = body[record._start : record._header_count_start]
         kept_headers = body[record._headers_start : record._end]
         new_length = len(kept_before_count) + len(header_count) + len(kept_headers) + len(added)

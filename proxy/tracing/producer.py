@@ -17,6 +17,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanContext, SpanKind
 
+from ..codec.records import EncodedHeaders
 from ..interceptors import BatchInjection, ConnectionContext, ProducePartition, ProduceResult
 from ..metrics import Metrics
 from .core import TracingCore
@@ -60,7 +61,9 @@ class ProduceTracer:
         calls = 0
         kept = unsampled = 0
 
-        def headers_for(record: Any) -> list[tuple[str, bytes]]:
+        inject = propagation.inject_encoded
+
+        def headers_for(record: Any) -> EncodedHeaders | tuple[()]:
             nonlocal calls, kept, unsampled
             index = calls
             calls += 1
@@ -80,7 +83,7 @@ class ProduceTracer:
                             ),
                         )
                     )
-                return []
+                return ()
             trace_id, span_id = new_trace_id(), new_span_id()
             if sampler.sample_root(trace_id):
                 sends.append(
@@ -91,9 +94,9 @@ class ProduceTracer:
                         ),
                     )
                 )
-                return propagation.inject(trace_id, span_id, True)
+                return inject(trace_id, span_id, True)
             unsampled += 1
-            return propagation.inject(trace_id, span_id, False)
+            return inject(trace_id, span_id, False)
 
         start_ns = time.time_ns()
         outcomes = partition.inject(headers_for)

@@ -232,3 +232,15 @@ def test_link_mode_makes_one_span_linking_each_record() -> None:
 def test_garbage_records_do_not_raise(harness: Harness) -> None:
     harness.consumer.on_fetch_response(harness.ctx, fetched(b"\x00" * 12 + b"\xff" * 80))
     assert harness.spans() == ()
+
+
+def test_batches_without_a_sampled_context_are_skimmed_not_parsed(harness: Harness) -> None:
+    unsampled = build_batch([(None, b"x", [("traceparent", format_traceparent(7 + i, 8, False))])
+                             for i in range(10)], codec=3)
+    harness.consumer.on_fetch_response(harness.ctx, fetched(unsampled))
+    assert harness.metrics.value("records_traced", side="fetch", outcome="skimmed") == 10
+    # The skimmed batch still counts as delivered: seeing offset 3 again is a redelivery.
+    sampled = build_batch([(None, b"x", [("traceparent", format_traceparent(99, 8, True))])])
+    harness.consumer.on_fetch_response(harness.ctx, fetched(sampled))
+    (span,) = harness.spans()
+    assert span.attributes[REDELIVERED_ATTRIBUTE] is True
