@@ -46,6 +46,7 @@ from .codec.produce import (
     iter_response_partitions,
     produce_acks,
     replace_records,
+    splice_records,
 )
 from .groups import GroupDirectory
 from .interceptors import (
@@ -234,6 +235,10 @@ class KafkaExchange:
         if not replacements:
             return held.frame
         self._metrics.inc("produce_requests_rewritten")
+        spliced = splice_records(body, header_size, entry.api_version, payload, replacements)
+        if spliced is not None:
+            return frame(spliced)
+        # Unexpected layout (e.g. empty records): re-encode the whole request with kio.
         return frame(replace_payload(body, header_size, replace_records(payload, replacements)))
 
     def _forget(self, entry: InFlight) -> None:

@@ -1,7 +1,7 @@
 """Counters the proxy keeps about itself, labelled the way operators read them.
 
-A deliberately small in-process registry: counters keyed by name and a sorted label tuple, cheap
-enough for the hot path. The admin endpoint renders them in Prometheus text format.
+A deliberately small in-process registry: counters keyed by name and a sorted label tuple, with
+the key of each call site cached so the hot path pays one dict lookup. The admin endpoint renders them in Prometheus text format.
 """
 
 from __future__ import annotations
@@ -23,10 +23,20 @@ class Metrics:
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         #: (name, labels) -> [count per bucket (+Inf last), sum]
         self._histograms: dict[tuple[str, Labels], tuple[list[int], list[float]]] = {}
+        #: Call-site form (name, *label items) -> canonical key; label values are few, so this
+        #: stays small and spares the hot path a sort and string conversions per increment.
+        self._keys: dict[tuple[object, ...], tuple[str, Labels]] = {}
+
+    def _key(self, name: str, labels: dict[str, object]) -> tuple[str, Labels]:
+        raw = (name, *labels.items())
+        key = self._keys.get(raw)
+        if key is None:
+            key = self._keys[raw] = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        return key
 
     def observe(self, name: str, value: float, **labels: object) -> None:
         """Add an observation to a latency histogram."""
-        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        key = self._key(name, labels)
         entry = self._histograms.get(key)
         if entry is None:
             entry = self._histograms[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
@@ -43,13 +53,13 @@ class Metrics:
             yield name, labels, cumulative, total[0], running
 
     def inc(self, name: str, amount: float = 1, **labels: object) -> None:
-        self._counters[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))] += amount
+        self._counters[self._key(name, labels)] += amount
 
     def set(self, name: str, value: float, **labels: object) -> None:
-        self._gauges[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))] = value
+        self._gauges[self._key(name, labels)] = value
 
     def add(self, name: str, amount: float, **labels: object) -> None:
-        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        key = self._key(name, labels)
         self._gauges[key] = self._gauges.get(key, 0) + amount
 
     def value(self, name: str, **labels: object) -> float:

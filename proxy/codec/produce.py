@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError
-from .varint import read_uvarint
+from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
 FLEXIBLE_FROM = 9
@@ -73,6 +73,50 @@ def replace_records(payload: Any, replacements: Mapping[tuple[int, int], bytes])
         if touched:
             topics[t_index] = dataclasses.replace(topic, partition_data=tuple(partitions))
     return dataclasses.replace(payload, topic_data=tuple(topics))
+
+
+def _length_prefix(api_version: int, size: int) -> bytes:
+    if api_version >= FLEXIBLE_FROM:
+        return write_uvarint(size + 1)
+    return size.to_bytes(4, "big", signed=True)
+
+
+def splice_records(
+    body: bytes | memoryview,
+    header_size: int,
+    api_version: int,
+    payload: Any,
+    replacements: Mapping[tuple[int, int], bytes],
+) -> bytes | None:
+    """The request body with some partitions' records replaced and every other byte as it was.
+
+    Each partition's records appear in the frame in wire order, right after their length
+    prefix, so they are found by searching forward from the previous one and checked against
+    that prefix. Returns None if the layout is not what was expected (the caller re-encodes).
+    """
+    data = bytes(body)
+    pieces: list[bytes] = []
+    copied = search_from = header_size
+    for located in iter_request_partitions(payload):
+        records = located.records
+        if records is None:
+            continue
+        start = data.find(records, search_from) if records else -1
+        prefix = _length_prefix(api_version, len(records))
+        if start < 0 or data[start - len(prefix) : start] != prefix:
+            return None
+        end = start + len(records)
+        new = replacements.get((located.topic_index, located.partition_index))
+        if new is not None:
+            pieces += (
+                data[copied : start - len(prefix)],
+                _length_prefix(api_version, len(new)),
+                new,
+            )
+            copied = end
+        search_from = end
+    pieces.append(data[copied:])
+    return b"".join(pieces)
 
 
 @dataclass(frozen=True, slots=True)
