@@ -1,7 +1,8 @@
 """Counters the proxy keeps about itself, labelled the way operators read them.
 
 A deliberately small in-process registry: counters keyed by name and a sorted label tuple, with
-the key of each call site cached so the hot path pays one dict lookup. The admin endpoint renders them in Prometheus text format.
+the key of each call site cached so the hot path pays one dict lookup. The admin endpoint
+renders them in Prometheus text format.
 """
 
 from __future__ import annotations

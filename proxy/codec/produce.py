@@ -96,7 +96,7 @@ def splice_records(
     """
     data = bytes(body)
     pieces: list[bytes] = []
-    copied = search_from = header_size
+    copied, search_from = 0, header_size
     for located in iter_request_partitions(payload):
         records = located.records
         if records is None:

@@ -306,3 +306,56 @@ def i8(value: int):
 
 
 _ = i64
+
+
+class _Tagger:
+    """A produce interceptor that adds one header to every record."""
+
+    def on_produce_request(self, ctx: ConnectionContext, partition: object) -> None:
+        partition.inject(lambda record: [("x-tag", b"1")])  # type: ignore[attr-defined]
+
+    def on_produce_response(self, ctx: ConnectionContext, state: object, result: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("version", [9, 11])
+def test_injected_records_are_spliced_into_an_otherwise_identical_request(
+    exchange: KafkaExchange, version: int
+) -> None:
+    import warnings
+
+    from proxy.codec.headers import parse_request_header
+    from proxy.codec.messages import decode_request
+    from proxy.codec.records import iter_batches
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    def batch(value: bytes) -> bytes:
+        builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
+        builder.append(0, timestamp=1, key=None, value=value, headers=[])
+        return bytes(builder.build())
+
+    module = pr if version == 9 else pr11
+    request = module.ProduceRequest(
+        transactional_id="tx", acks=i16(-1), timeout=datetime.timedelta(seconds=1),
+        topic_data=(module.TopicProduceData(name="t", partition_data=(
+            module.PartitionProduceData(index=i32(0), records=batch(b"a")),
+            module.PartitionProduceData(index=i32(1), records=None),
+            module.PartitionProduceData(index=i32(2), records=batch(b"b")),
+        )),),
+    )
+    exchange._interceptors = Interceptors([_Tagger()])
+    original = request_frame(request, 42, client_id="spliced")
+    sent = memoryview(_sent(exchange.from_client(original)))
+    assert int.from_bytes(sent[:4], "big") == len(sent) - 4
+    header = parse_request_header(sent[4:])
+    assert (header.api_key, header.correlation_id, header.client_id) == (0, 42, "spliced")
+    decoded = decode_request(0, version, sent[4:], header.size)
+    assert decoded.transactional_id == "tx"
+    partitions = decoded.topic_data[0].partition_data
+    assert partitions[1].records is None
+    for partition, value in ((partitions[0], b"a"), (partitions[2], b"b")):
+        (record,) = [r for b in iter_batches(partition.records) for r in b.records()]
+        assert (record.value, record.headers) == (value, (("x-tag", b"1"),))
