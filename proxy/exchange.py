@@ -26,7 +26,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from .brokers import BrokerDirectory, TopicNames
+from .brokers import BrokerDirectory, PortMappingError, TopicNames
 from .codec.addresses import rewrite_broker_addresses, topic_ids_from_metadata
 from .codec.api_versions import decodable_ranges, restrict_api_versions
 from .codec.apis import ADDRESS_BEARING, GROUP_NAMING, ApiKey
@@ -309,7 +309,11 @@ class KafkaExchange:
         elif key in ADDRESS_BEARING:
             if key == ApiKey.METADATA:
                 self._topics.update(topic_ids_from_metadata(payload))
-            changed = rewrite_broker_addresses(key, payload, self._brokers.map_address)
+            try:
+                changed = rewrite_broker_addresses(key, payload, self._brokers.map_address)
+            except PortMappingError as exc:
+                # Forwarding the real address would let the client bypass the proxy.
+                raise ProtocolError(f"a broker cannot be given a local port: {exc}") from None
         if key == ApiKey.PRODUCE and entry.produce_states:
             states = entry.produce_states
             outcome.after_send.append(lambda: self._finish_produce(states, payload))

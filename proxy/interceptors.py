@@ -91,6 +91,8 @@ class ProducePartition:
             outcomes.append(BatchInjection(batch.record_count, first_offset, reason, calls))
             first_offset += batch.last_offset_delta + 1
         if consumed != len(source):
+            if not outcomes:
+                return [BatchInjection(0, 0, "unparsed_records", 0)]
             return [
                 BatchInjection(o.records, o.first_offset, "unparsed_records", o.calls)
                 for o in outcomes

@@ -43,13 +43,15 @@ def rewrite_broker_addresses(api_key: int, payload: Any, mapper: AddressMapper) 
     changes: dict[str, Any] = {}
     if api_key in (ApiKey.METADATA, ApiKey.DESCRIBE_CLUSTER):
         id_field = "node_id" if api_key == ApiKey.METADATA else "broker_id"
-        brokers = _rewrite_entries(payload.brokers, id_field, mapper)
-        if brokers is not payload.brokers:
+        current = payload.brokers or ()
+        brokers = _rewrite_entries(current, id_field, mapper)
+        if brokers is not current:
             changes["brokers"] = brokers
     elif api_key == ApiKey.FIND_COORDINATOR:
         if hasattr(payload, "coordinators"):
-            coordinators = _rewrite_entries(payload.coordinators, "node_id", mapper)
-            if coordinators is not payload.coordinators:
+            current = payload.coordinators or ()
+            coordinators = _rewrite_entries(current, "node_id", mapper)
+            if coordinators is not current:
                 changes["coordinators"] = coordinators
         elif payload.node_id >= 0:
             host, port = mapper(payload.node_id, payload.host, payload.port)
@@ -73,7 +75,7 @@ def carries_addresses(api_key: int, payload: Any) -> bool:
 def topic_ids_from_metadata(payload: Any) -> dict[uuid.UUID, str]:
     """Topic id -> name pairs of a Metadata response (v10+ carry ids; zero ids are skipped)."""
     names: dict[uuid.UUID, str] = {}
-    for topic in payload.topics:
+    for topic in payload.topics or ():
         topic_id = getattr(topic, "topic_id", None)
         if topic_id is not None and topic_id.int and topic.name:
             names[topic_id] = topic.name

@@ -41,7 +41,7 @@ def restrict_api_versions(
     """The ApiVersions response narrowed to `ranges`, or None when nothing had to change."""
     kept = []
     changed = False
-    for entry in payload.api_keys:
+    for entry in payload.api_keys or ():
         limits = ranges.get(entry.api_key)
         if limits is None:
             kept.append(entry)

@@ -21,10 +21,10 @@ class FetchedRecords:
 
 def iter_fetched_partitions(payload: Any) -> Iterator[FetchedRecords]:
     """Partitions of a decoded Fetch response that returned records."""
-    for topic in payload.responses:
+    for topic in payload.responses or ():
         name = getattr(topic, "topic", None)
         topic_id = getattr(topic, "topic_id", None)
-        for partition in topic.partitions:
+        for partition in topic.partitions or ():
             if not partition.records:
                 continue
             aborted = tuple(

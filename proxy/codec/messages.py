@@ -14,6 +14,7 @@ from kio.serial import entity_reader, entity_writer
 
 from .apis import request_schema, response_schema
 from .errors import ProtocolError
+from .guard import check_array_counts
 from .headers import response_header_size
 
 
@@ -28,8 +29,11 @@ def _writer(schema: type) -> Any:
 
 
 def _decode(schema: type, body: bytes | memoryview, offset: int) -> Any:
-    if isinstance(body, memoryview) and not body.readonly:
-        body = body.toreadonly()  # kio accepts read-only buffers only; this does not copy
+    view = memoryview(body)
+    if not view.readonly:
+        view = view.toreadonly()  # kio accepts read-only buffers only; this does not copy
+    check_array_counts(schema, view, offset)
+    body = view
     try:
         value, size = _reader(schema)(body, offset)
     except Exception as exc:  # kio raises a range of errors on bad input
@@ -55,13 +59,21 @@ def decode_request(
     api_key: int, api_version: int, body: bytes | memoryview, header_size: int
 ) -> Any:
     """Decode a request payload that starts at `header_size` in the frame body."""
-    return _decode(request_schema(api_key, api_version), body, header_size)
+    return _decode(_schema(request_schema, api_key, api_version), body, header_size)
+
+
+def _schema(lookup: Any, api_key: int, api_version: int) -> type:
+    try:
+        return lookup(api_key, api_version)
+    except KeyError:
+        raise ProtocolError(f"API {api_key} v{api_version} has no schema to decode it") from None
 
 
 def decode_response(api_key: int, api_version: int, body: bytes | memoryview) -> tuple[int, Any]:
     """Decode a response frame body; returns (header size, payload)."""
+    schema = _schema(response_schema, api_key, api_version)
     header_size = response_header_size(body, api_key, api_version)
-    return header_size, _decode(response_schema(api_key, api_version), body, header_size)
+    return header_size, _decode(schema, body, header_size)
 
 
 def replace_payload(body: bytes | memoryview, header_size: int, payload: Any) -> bytes:

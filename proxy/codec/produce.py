@@ -48,10 +48,10 @@ class PartitionRecords:
 
 def iter_request_partitions(payload: Any) -> Iterator[PartitionRecords]:
     """Every partition's records in a decoded Produce request."""
-    for t_index, topic in enumerate(payload.topic_data):
+    for t_index, topic in enumerate(payload.topic_data or ()):
         name = getattr(topic, "name", None)
         topic_id = getattr(topic, "topic_id", None)
-        for p_index, partition in enumerate(topic.partition_data):
+        for p_index, partition in enumerate(topic.partition_data or ()):
             yield PartitionRecords(
                 t_index, p_index, name, topic_id, partition.index, partition.records
             )
@@ -131,10 +131,10 @@ class PartitionOutcome:
 
 def iter_response_partitions(payload: Any) -> Iterator[PartitionOutcome]:
     """Every partition's outcome in a decoded Produce response."""
-    for topic in payload.responses:
+    for topic in payload.responses or ():
         name = getattr(topic, "name", None)
         topic_id = getattr(topic, "topic_id", None)
-        for partition in topic.partition_responses:
+        for partition in topic.partition_responses or ():
             yield PartitionOutcome(
                 name,
                 topic_id,

@@ -59,15 +59,20 @@ class ProduceTracer:
         #: (index of the header-source call, pending span) for sampled records, in call order.
         sends: list[tuple[int, PendingSend]] = []
         calls = 0
-        kept = unsampled = 0
+        kept = unsampled = invalid = 0
 
         inject = propagation.inject_encoded
 
         def headers_for(record: Any) -> EncodedHeaders | tuple[()]:
-            nonlocal calls, kept, unsampled
+            nonlocal calls, kept, unsampled, invalid
             index = calls
             calls += 1
-            existing = propagation.extract(record.headers) if record.headers else None
+            headers = record.headers
+            existing = propagation.extract(headers) if headers else None
+            if existing is None and headers and propagation.carries_context(headers):
+                # A trace header we cannot read: never add a second, conflicting one.
+                invalid += 1
+                return ()
             if existing is not None:
                 kept += 1
                 if sampler.sample_child(existing.trace_id, existing.sampled):
@@ -111,6 +116,8 @@ class ProduceTracer:
             metrics.inc("records_traced", kept, side="produce", outcome="app_context")
         if unsampled:
             metrics.inc("records_traced", unsampled, side="produce", outcome="unsampled")
+        if invalid:
+            metrics.inc("records_traced", invalid, side="produce", outcome="invalid_context")
         if kept_sends:
             metrics.inc("records_traced", len(kept_sends), side="produce", outcome="sampled")
         if not kept_sends:

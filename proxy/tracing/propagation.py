@@ -121,7 +121,7 @@ class Propagation:
             return None
         if self._fast:
             for key, value in headers:
-                if key == TRACEPARENT:
+                if key == TRACEPARENT or key.lower() == TRACEPARENT:
                     parsed = parse_traceparent(value)
                     return RecordContext(*parsed) if parsed else None
             return None
