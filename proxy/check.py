@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 
 from .config import HostPort, Settings
+from .dialing import describe, open_stream
 from .discovery import fetch_brokers
 from .tls import upstream_context
 
@@ -60,16 +61,14 @@ async def check_upstream(settings: Settings, report: Report) -> bool:
         try:
             brokers, _ = await fetch_brokers(target, timeout, tls)
         except Exception as exc:  # report anything, keep checking
-            report(False, f"upstream {target}: {exc or type(exc).__name__}")
+            report(False, f"upstream {target}: {describe(exc)}")
             continue
         good = True
         listed = ", ".join(f"{node}={host}:{port}" for node, host, port in brokers)
         report(True, f"upstream {target}: cluster has {len(brokers)} broker(s): {listed}")
         for node, host, port in brokers:
             try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, ssl=tls), timeout
-                )
+                _, writer = await asyncio.wait_for(open_stream(host, port, tls), timeout)
                 writer.close()
                 secured = " over verified TLS" if tls and tls.check_hostname else ""
                 report(
@@ -95,7 +94,7 @@ async def check_collector(settings: Settings, report: Report) -> bool:
         if protocol == "grpc":
             parsed = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
             host, port = parsed.hostname or "localhost", parsed.port or 4317
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            _, writer = await asyncio.wait_for(open_stream(host, port), timeout)
             writer.close()
             detail = "accepts connections"
         else:

@@ -22,6 +22,7 @@ from .codec.framing import SIZE_PREFIX, frame
 from .codec.headers import peek_correlation_id
 from .codec.messages import decode_response, encode
 from .config import HostPort
+from .dialing import describe, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,7 @@ async def fetch_brokers(
     status: UpstreamStatus | None = None,
 ) -> tuple[list[tuple[int, str, int]], dict]:
     """Ask one broker for the cluster's brokers; returns [(node id, host, port)] and topic ids."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(target.host, target.port, ssl=tls), timeout
-    )
+    reader, writer = await asyncio.wait_for(open_stream(target.host, target.port, tls), timeout)
     if status is not None:
         status.reachable = True
     try:
@@ -93,7 +92,7 @@ async def discover(
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             log.debug("cluster discovery via %s failed: %s", target, exc)
             if status is not None:
-                status.last_error = f"{target}: {exc or type(exc).__name__}"
+                status.last_error = f"{target}: {describe(exc)}"
             continue
         for node_id, host, port in found:
             brokers.map_address(node_id, host, port)

@@ -19,6 +19,7 @@ from typing import cast
 from .brokers import BrokerDirectory, TopicNames
 from .codec.errors import ProtocolError
 from .config import HostPort, Settings
+from .dialing import describe, dial
 from .exchange import KafkaExchange, Outcome
 from .groups import GroupDirectory
 from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
@@ -113,24 +114,21 @@ class ClientConnection(asyncio.Protocol):
         return "bootstrap" if self._node_id < 0 else f"broker-{self._node_id}"
 
     async def _connect_upstream(self) -> None:
-        loop = asyncio.get_running_loop()
         timeout = self._runtime.settings.connect_timeout_ms / 1000
         errors = []
         for target in self._targets():
             try:
-                tls = self._runtime.upstream_ssl
                 transport, _ = await asyncio.wait_for(
-                    loop.create_connection(
+                    dial(
                         lambda: ServerConnection(self),
                         target.host,
                         target.port,
-                        ssl=tls,
-                        server_hostname=target.host if tls else None,
+                        self._runtime.upstream_ssl,
                     ),
                     timeout,
                 )
             except (OSError, TimeoutError) as exc:
-                errors.append(f"{target}: {exc or type(exc).__name__}")
+                errors.append(f"{target}: {describe(exc)}")
                 continue
             if self._closed:
                 transport.close()

@@ -11,13 +11,10 @@ hard process crash is one too. The same targets serve two drivers:
 - hypothesis, in the test process: tests/fuzz/test_properties.py calls the same targets on
   mutated captured frames.
 
-Known bug guard: kio's native reader reserves memory for an array from the count on the wire
-before reading any element (``Vec::with_capacity(n)``), so a lying count aborts the whole process
-("memory allocation of N bytes failed", SIGABRT) instead of raising. `kio_abort_guard` walks the
-schema first and raises `KioWouldAbort` (a BaseException, so no ``except Exception`` in the proxy
-swallows it) where kio would reserve >= 256 MiB; targets count those inputs as `known_kio_aborts`
-and skip them, so fuzzing can go on past the known bug. tests/fuzz/test_hostile_input.py keeps
-the unguarded reproducer as a strict xfail.
+kio's native reader reserves memory for an array from the count on the wire before reading any
+element, so a lying count once aborted the whole process (SIGABRT). The proxy now checks array
+counts itself before kio reads (proxy.codec.guard); tests/fuzz/test_hostile_input.py keeps the
+reproducer.
 """
 
 from __future__ import annotations
@@ -38,14 +35,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kio.serial import _introspect as introspect
-
-import proxy.codec.messages as messages
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.codec.apis import ApiKey
 from proxy.codec.compression import CompressionError
 from proxy.codec.errors import ProtocolError
 from proxy.codec.framing import SIZE_PREFIX, Forward, FrameScanner, Held
+from proxy.codec.guard import check_array_counts
 from proxy.codec.headers import REQUEST_PEEK_SIZE, parse_request_header, peek_request
 from proxy.codec.messages import decode_request, decode_response
 from proxy.codec.produce import iter_request_partitions
@@ -72,178 +67,23 @@ STATS: collections.Counter[str] = collections.Counter()
 
 
 class KioWouldAbort(BaseException):
-    """kio would reserve an absurd amount of memory for an array and abort the process."""
-
-
-#: kio reserves 8 bytes per array element and aborts when the allocation fails (it did at 32 GiB
-#: here; at 16 GiB on a smaller machine). No real frame (16 MiB at most) has 2^25 elements.
-KIO_RESERVE_LIMIT = 1 << 28
-
-_FIXED_SIZES = {
-    "int8": 1,
-    "uint8": 1,
-    "bool": 1,
-    "int16": 2,
-    "uint16": 2,
-    "error_code": 2,
-    "int32": 4,
-    "uint32": 4,
-    "timedelta_i32": 4,
-    "int64": 8,
-    "uint64": 8,
-    "float64": 8,
-    "timedelta_i64": 8,
-    "datetime_i64": 8,
-    "uuid": 16,
-}
-
-
-class _Stop(Exception):
-    """The walk cannot go on: kio would raise an ordinary error here first."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Field:
-    kafka_type: str | None  # None for a nested entity
-    entity: type | None
-    nullable_entity: bool
-    is_array: bool
-
-
-@cache
-def _compiled(entity: type) -> tuple[tuple[_Field, ...], dict[int, _Field]]:
-    """(untagged fields, tag -> tagged field) of a kio entity, as kio's native reader sees it."""
-    plain: list[_Field] = []
-    tagged: dict[int, _Field] = {}
-    for field in dataclasses.fields(entity):
-        kind = introspect.classify_field(field)
-        is_entity = isinstance(kind, introspect.EntityField | introspect.EntityTupleField)
-        described = _Field(
-            kafka_type=None if is_entity else introspect.get_schema_field_type(field),
-            entity=kind.type_ if is_entity else None,
-            nullable_entity=isinstance(kind, introspect.EntityField)
-            and introspect.is_optional(field),
-            is_array=kind.is_array,
-        )
-        tag = introspect.get_field_tag(field)
-        if tag is None:
-            plain.append(described)
-        else:
-            tagged[int(tag)] = described
-    return tuple(plain), tagged
-
-
-def _uvarint(data: memoryview, pos: int) -> tuple[int, int]:
-    value = 0
-    for count in range(5):  # kio reads at most 5 bytes, keeping all 35 bits
-        if pos + count >= len(data):
-            raise _Stop
-        byte = data[pos + count]
-        value |= (byte & 0x7F) << (7 * count)
-        if not byte & 0x80:
-            return value, pos + count + 1
-    raise _Stop
-
-
-def _int(data: memoryview, pos: int, size: int) -> int:
-    if pos + size > len(data):
-        raise _Stop
-    return int.from_bytes(data[pos : pos + size], "big", signed=True)
-
-
-def _skip_primitive(kafka_type: str, flexible: bool, data: memoryview, pos: int) -> int:
-    fixed = _FIXED_SIZES.get(kafka_type)
-    if fixed is not None:
-        if pos + fixed > len(data):
-            raise _Stop
-        return pos + fixed
-    if flexible:
-        length, pos = _uvarint(data, pos)
-        length = max(length - 1, 0)
-    elif kafka_type == "string":
-        length, pos = max(_int(data, pos, 2), 0), pos + 2
-    else:
-        length, pos = max(_int(data, pos, 4), 0), pos + 4
-    if pos + length > len(data):
-        raise _Stop
-    return pos + length
-
-
-def _walk_field(field: _Field, flexible: bool, data: memoryview, pos: int) -> int:
-    if field.is_array:
-        if flexible:
-            count, pos = _uvarint(data, pos)
-            count -= 1
-        else:
-            count, pos = _int(data, pos, 4), pos + 4
-            if count < -1:
-                raise _Stop
-        if count * 8 >= KIO_RESERVE_LIMIT:
-            raise KioWouldAbort(f"array of {count} elements announced at byte {pos}")
-        for _ in range(max(count, 0)):
-            pos = _walk_one(field, flexible, data, pos)
-        return pos
-    return _walk_one(field, flexible, data, pos)
-
-
-def _walk_one(field: _Field, flexible: bool, data: memoryview, pos: int) -> int:
-    if field.entity is None:
-        assert field.kafka_type is not None
-        return _skip_primitive(field.kafka_type, flexible, data, pos)
-    if field.nullable_entity:
-        if _int(data, pos, 1) == -1:
-            return pos + 1
-        pos += 1
-    return _walk_entity(field.entity, data, pos)
-
-
-def _walk_entity(entity: type, data: memoryview, pos: int) -> int:
-    flexible = bool(entity.__flexible__)
-    plain, tagged = _compiled(entity)
-    for field in plain:
-        pos = _walk_field(field, flexible, data, pos)
-    if flexible:
-        count, pos = _uvarint(data, pos)
-        for _ in range(count):
-            tag, pos = _uvarint(data, pos)
-            _size, pos = _uvarint(data, pos)  # kio ignores the size and reads by schema
-            if tag not in tagged:
-                raise _Stop
-            pos = _walk_field(tagged[tag], flexible, data, pos)
-    return pos
+    """An input on which kio's reader would reserve a huge array (the proxy's guard rejects it)."""
 
 
 def kio_would_abort(schema: type, body: bytes | memoryview, offset: int) -> bool:
-    """Whether kio's native reader would try to reserve >= 256 MiB for an array of this input."""
+    """Whether the proxy's own guard (proxy.codec.guard) rejects this input's array counts."""
     try:
-        _walk_entity(schema, memoryview(body), offset)
-    except KioWouldAbort:
+        check_array_counts(schema, memoryview(body), offset)
+    except ProtocolError:
         return True
-    except _Stop:
-        return False
     return False
 
 
 @contextlib.contextmanager
 def kio_abort_guard() -> Iterator[None]:
-    """Make the codec raise `KioWouldAbort` where kio would abort the process."""
-    original = messages._reader
-
-    def guarded(schema: type) -> Callable[[Any, int], Any]:
-        read = original(schema)
-
-        def read_checked(body: Any, offset: int) -> Any:
-            with contextlib.suppress(_Stop):
-                _walk_entity(schema, memoryview(body), offset)
-            return read(body, offset)
-
-        return read_checked
-
-    messages._reader = guarded  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        messages._reader = original  # type: ignore[assignment]
+    """Kept for the drivers: the proxy now guards kio itself (proxy.codec.guard), so nothing to
+    patch; a process abort under fuzzing is a real crash again."""
+    yield
 
 
 # -- seeds: real client conversations --------------------------------------------------------------
