@@ -26,6 +26,7 @@ _HELP = {
     "connections_accepted": "Client connections accepted, by listener.",
     "connections_open": "Client connections open now.",
     "upstream_connect_errors": "Client connections closed because no broker could be reached.",
+    "upstream_disconnects": "Broker connections that failed mid-way (reset, TLS alert).",
     "protocol_errors": "Connections closed because a peer sent invalid Kafka protocol.",
     "internal_errors": "Connections closed after an internal error (a bug: please report).",
     "responses_rewritten": "Responses re-encoded (broker addresses or versions changed).",

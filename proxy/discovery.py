@@ -68,6 +68,11 @@ async def fetch_brokers(
         await writer.drain()
         size = int.from_bytes(await asyncio.wait_for(reader.readexactly(SIZE_PREFIX), timeout))
         body = await asyncio.wait_for(reader.readexactly(size), timeout)
+    except ssl.SSLError:
+        # TLS 1.3 servers reject a client certificate only after the handshake: not reachable.
+        if status is not None:
+            status.reachable = False
+        raise
     finally:
         writer.close()
     if peek_correlation_id(body) != 1:
@@ -119,9 +124,10 @@ async def keep_discovering(
         else:
             if not warned:
                 log.warning(
-                    "cannot learn the cluster's brokers from %s yet; will keep trying "
+                    "cannot learn the cluster's brokers from %s yet (%s); will keep trying "
                     "(brokers are also learned from clients' responses)",
                     ", ".join(map(str, targets)),
+                    status.last_error if status is not None else "no answer",
                 )
                 warned = True
             delay = min(delay * 2, interval)

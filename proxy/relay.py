@@ -242,6 +242,16 @@ class ClientConnection(asyncio.Protocol):
 
     # -- broker side (called by ServerConnection) ------------------------------------------
 
+    def upstream_failed(self, exc: Exception) -> None:
+        """The broker connection broke (reset, TLS alert): say so, the client only sees a close."""
+        self._runtime.metrics.inc("upstream_disconnects", listener=self._listener_label)
+        log.warning(
+            "connection %d: the broker connection for %s failed: %s",
+            self.id,
+            self._listener_label,
+            describe(exc),
+        )
+
     def server_paused(self) -> None:
         self._client_reading.pause("server_slow")
 
@@ -282,4 +292,6 @@ class ServerConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._client.upstream_failed(exc)
         self._client.close()

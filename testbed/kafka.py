@@ -45,6 +45,104 @@ DEFAULT_JVM_OPTS: tuple[str, ...] = (
 CONTROLLER_NODE_ID = 100
 """Node id of the dedicated controller of a multi-broker cluster (brokers are 1..n)."""
 
+SECURITY_PROTOCOLS: tuple[str, ...] = ("SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+_RESERVED_LISTENERS = frozenset({"PLAINTEXT", "CONTROLLER"})
+# Characters that would need quoting in a JAAS option, a properties line or StorageTool's
+# --add-scram syntax; test credentials simply avoid them.
+_CREDENTIAL_FORBIDDEN = set(" \t\r\n\"'\\,;=[]{}")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """An extra broker listener secured with TLS and/or SASL (see KafkaCluster(security=...)).
+
+    PLAINTEXT stays the inter-broker listener and the one readiness checks use; the controller
+    keeps its own listener. `plain_users` become JAAS `user_<name>="<password>"` entries of the
+    listener's PLAIN login module; `scram_users` get SCRAM-SHA-512 credentials written at storage
+    format time (`--add-scram`), so they exist from the first start (SCRAM credentials live in
+    the cluster metadata and are therefore shared by every SASL listener of the cluster).
+
+    TLS (SSL, SASL_SSL) uses PEM files: `keystore` holds the private key (unencrypted PKCS#8)
+    followed by the certificate chain (testbed.certs.KeyPair.pem); `truststore` holds the CAs
+    client certificates are verified with; `client_auth` is none, requested or required.
+    """
+
+    protocol: str = "SASL_PLAINTEXT"
+    name: str = "SECURE"
+    plain_users: Mapping[str, str] = field(default_factory=dict)
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+    keystore: Path | None = None
+    truststore: Path | None = None
+    client_auth: str = "none"
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def mechanisms(self) -> list[str]:
+        """SASL mechanisms the listener enables (PLAIN and/or SCRAM-SHA-512)."""
+        return [
+            m
+            for m, users in (("PLAIN", self.plain_users), (SCRAM_MECHANISM, self.scram_users))
+            if users
+        ]
+
+    def validate(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: expected one of {SECURITY_PROTOCOLS}")
+        if not self.name.isidentifier() or self.name.upper() != self.name:
+            raise ValueError(f"listener name {self.name!r}: expected an upper-case identifier")
+        if self.name in _RESERVED_LISTENERS:
+            raise ValueError(f"listener name {self.name!r} is taken by the test bed")
+        if self.client_auth not in ("none", "requested", "required"):
+            raise ValueError(f"client_auth {self.client_auth!r}: none, requested or required")
+        if self.tls and self.keystore is None:
+            raise ValueError(f"{self.protocol} listener {self.name} needs a keystore (PEM)")
+        if not self.tls and (self.keystore or self.truststore or self.client_auth != "none"):
+            raise ValueError(f"{self.protocol} listener {self.name} has TLS settings")
+        if self.client_auth != "none" and self.truststore is None:
+            raise ValueError(f"client_auth={self.client_auth} needs a truststore (PEM)")
+        if self.sasl and not self.mechanisms:
+            raise ValueError(f"SASL listener {self.name} needs plain_users and/or scram_users")
+        if not self.sasl and self.mechanisms:
+            raise ValueError(f"{self.protocol} listener {self.name} cannot have SASL users")
+        for user, password in {**self.plain_users, **self.scram_users}.items():
+            if not user or not password or _CREDENTIAL_FORBIDDEN & set(user + password):
+                raise ValueError(
+                    f"credentials of {user!r}: non-empty, without white space or any of "
+                    "\" ' \\ , ; = [ ] { }"
+                )
+
+    def broker_config(self) -> dict[str, Any]:
+        """The listener-prefixed broker properties of this listener."""
+        prefix = f"listener.name.{self.name.lower()}."
+        config: dict[str, Any] = {}
+        if self.sasl:
+            config[prefix + "sasl.enabled.mechanisms"] = ",".join(self.mechanisms)
+            if self.plain_users:
+                users = " ".join(f'user_{u}="{p}"' for u, p in self.plain_users.items())
+                config[prefix + "plain.sasl.jaas.config"] = (
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+                )
+            if self.scram_users:
+                config[prefix + f"{SCRAM_MECHANISM.lower()}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        if self.tls:
+            config[prefix + "ssl.keystore.type"] = "PEM"
+            config[prefix + "ssl.keystore.location"] = self.keystore
+            config[prefix + "ssl.client.auth"] = self.client_auth
+            if self.truststore is not None:
+                config[prefix + "ssl.truststore.type"] = "PEM"
+                config[prefix + "ssl.truststore.location"] = self.truststore
+        return config
+
 
 class KafkaNotInstalledError(RuntimeError):
     """The jars for a Kafka version are not in the cache: run scripts/setup."""
@@ -229,6 +327,8 @@ class KafkaNode:
     controller_port: int | None
     directory: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Secured listener name -> port on 127.0.0.1 (brokers of a cluster with `security`).
+    secure_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_broker(self) -> bool:
@@ -273,6 +373,10 @@ class KafkaCluster:
     brokers=1 runs one combined broker+controller node (id 1). brokers=n>1 runs a dedicated
     controller (id 100) plus brokers 1..n: stopping a broker for a fault test then never touches
     the quorum, and brokers start in parallel once the single controller is up.
+
+    security=SecurityConfig(...) (or a sequence of them, with distinct names) gives every broker
+    one more listener per config, on its own free port, with TLS and/or SASL; see
+    `secure_bootstrap_servers`. PLAINTEXT stays for inter-broker traffic and readiness checks.
     """
 
     def __init__(
@@ -285,9 +389,21 @@ class KafkaCluster:
         heap: str = DEFAULT_HEAP,
         jvm_opts: Sequence[str] = DEFAULT_JVM_OPTS,
         start_timeout: float = 120.0,
+        security: SecurityConfig | Sequence[SecurityConfig] | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
+        if security is None:
+            self.security: tuple[SecurityConfig, ...] = ()
+        elif isinstance(security, SecurityConfig):
+            self.security = (security,)
+        else:
+            self.security = tuple(security)
+        for listener in self.security:
+            listener.validate()
+        names = [listener.name for listener in self.security]
+        if len(set(names)) != len(names):
+            raise ValueError(f"secured listener names must be distinct: {names}")
         self.version = resolve_version(version)
         self.brokers = brokers
         self.workdir = (
@@ -317,6 +433,37 @@ class KafkaCluster:
         if not self.nodes:
             raise RuntimeError("cluster not started")
         return ",".join(f"127.0.0.1:{port}" for port in self.broker_ports.values())
+
+    def secure_broker_ports(self, listener: str | None = None) -> dict[int, int]:
+        """Broker node id -> port of a secured listener (default: the first one configured)."""
+        name = self._listener_name(listener)
+        return {
+            n.node_id: n.secure_ports[name]
+            for n in self.nodes.values()
+            if n.is_broker and name in n.secure_ports
+        }
+
+    def secure_bootstrap(self, listener: str | None = None) -> str:
+        """ "127.0.0.1:port,..." of a secured listener over all brokers."""
+        if not self.nodes:
+            raise RuntimeError("cluster not started")
+        ports = self.secure_broker_ports(listener)
+        return ",".join(f"127.0.0.1:{port}" for port in ports.values())
+
+    @property
+    def secure_bootstrap_servers(self) -> str:
+        """ "127.0.0.1:port,..." of the (first) secured listener over all brokers."""
+        return self.secure_bootstrap()
+
+    def _listener_name(self, listener: str | None) -> str:
+        if not self.security:
+            raise RuntimeError("cluster has no secured listener (KafkaCluster(security=...))")
+        if listener is None:
+            return self.security[0].name
+        if listener not in {s.name for s in self.security}:
+            known = [s.name for s in self.security]
+            raise KeyError(f"no secured listener {listener!r} (listeners: {known})")
+        return listener
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -416,6 +563,9 @@ class KafkaCluster:
                 self.nodes[node_id] = KafkaNode(
                     node_id, "broker", free_port(), None, self.workdir / f"node-{node_id}"
                 )
+        for node in self.nodes.values():
+            if node.is_broker:
+                node.secure_ports = {listener.name: free_port() for listener in self.security}
         voters = ",".join(
             f"{n.node_id}@127.0.0.1:{n.controller_port}"
             for n in self.nodes.values()
@@ -428,17 +578,21 @@ class KafkaCluster:
 
     def _node_config(self, node: KafkaNode, voters: str) -> dict[str, Any]:
         listeners = []
+        secured = [f"{s.name}://127.0.0.1:{node.secure_ports[s.name]}" for s in self.security]
         if node.is_broker:
             listeners.append(f"PLAINTEXT://127.0.0.1:{node.port}")
+            listeners += secured
         if node.is_controller:
             listeners.append(f"CONTROLLER://127.0.0.1:{node.controller_port}")
+        protocol_map = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        protocol_map += [f"{s.name}:{s.protocol}" for s in self.security]
         config: dict[str, Any] = {
             "process.roles": node.roles,
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
             "controller.listener.names": "CONTROLLER",
             "listeners": ",".join(listeners),
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocol_map),
             "log.dirs": node.directory / "data",
             "num.network.threads": 2,
             "num.io.threads": 2,
@@ -477,10 +631,14 @@ class KafkaCluster:
         if node.is_broker:
             config.update(
                 {
-                    "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+                    "advertised.listeners": ",".join(
+                        [f"PLAINTEXT://127.0.0.1:{node.port}", *secured]
+                    ),
                     "inter.broker.listener.name": "PLAINTEXT",
                 }
             )
+            for listener in self.security:
+                config.update(listener.broker_config())
         config.update(self.extra_config)
         return config
 
@@ -522,6 +680,7 @@ class KafkaCluster:
                 self.cluster_id,
                 "-c",
                 str(node.config_path),
+                *self._scram_format_args(),
                 level="WARN",
                 short_lived=True,
             )
@@ -537,6 +696,18 @@ class KafkaCluster:
                 raise KafkaStartError(
                     f"StorageTool format failed for node {node.node_id} (rc={rc}):\n{tail(out)}"
                 )
+
+    def _scram_format_args(self) -> list[str]:
+        """StorageTool arguments that create the SCRAM users of every secured listener."""
+        users: dict[str, str] = {}
+        for listener in self.security:
+            for user, password in listener.scram_users.items():
+                if users.setdefault(user, password) != password:
+                    raise ValueError(f"SCRAM user {user!r} has two different passwords")
+        args: list[str] = []
+        for user, password in users.items():
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
+        return args
 
     def _launch(self, node: KafkaNode) -> None:
         libs = kafka_libs(self.version)
