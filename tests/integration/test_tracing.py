@@ -65,6 +65,7 @@ def pair(
         tmp_path_factory,
         f"orders-{suffix}",
         OTEL_EXPORTER_OTLP_ENDPOINT=jaeger.otlp_http_endpoint,
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=shop",
     )
     billing = sidecar(
         kafka,
@@ -118,6 +119,10 @@ def test_every_message_is_one_trace_from_orders_to_billing(
         named = spans_by_name(trace)
         (send,), (receive,) = named[send_name], named[receive_name]
         assert span_service(trace, send) == pair.orders_service
+        process = trace["processes"][send["processID"]]
+        process_tags = {tag["key"]: tag["value"] for tag in process["tags"]}
+        assert process_tags["deployment.environment"] == "test"  # OTEL_RESOURCE_ATTRIBUTES
+        assert process_tags["team"] == "shop"
         assert span_service(trace, receive) == pair.billing_service
         assert parent_span_id(receive) == send["spanID"]
         assert parent_span_id(send) is None

@@ -95,3 +95,15 @@ def test_bad_queue_size_names_the_variable() -> None:
 
 def test_none_exporter_disables_export() -> None:
     assert make_exporter({"OTEL_TRACES_EXPORTER": "none"}) is None
+
+
+def test_zipkin_and_both_otlp_protocols_are_available() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+    from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+    assert isinstance(make_exporter({"OTEL_TRACES_EXPORTER": "zipkin"}), ZipkinExporter)
+    assert isinstance(make_exporter({}), Http)
+    assert isinstance(make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}), Grpc)
+    assert isinstance(make_exporter({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+                                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}), Grpc)
