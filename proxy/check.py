@@ -16,21 +16,14 @@ from .config import HostPort, Settings
 from .dialing import describe, open_stream
 from .discovery import fetch_brokers
 from .tls import upstream_context
+from .tracing.export import otlp_protocol
 
 Report = Callable[[bool, str], None]
 
 
 def otlp_target(env: Mapping[str, str]) -> tuple[str, str]:
     """(protocol, endpoint URL) the exporter will use, per the standard OTEL_* variables."""
-    protocol = (
-        (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        )
-        .strip()
-        .lower()
-    )
+    protocol = otlp_protocol(env)
     specific = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     general = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     if protocol == "grpc":

@@ -45,6 +45,25 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def otlp_protocol(env: Mapping[str, str]) -> str:
+    """The OTLP protocol the standard variables ask for (traces-specific one first)."""
+    protocol = (
+        (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        .strip()
+        .lower()
+    )
+    if protocol not in PROTOCOLS:
+        raise ExportConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is invalid: expected one of "
+            f"{', '.join(PROTOCOLS)}"
+        )
+    return protocol
+
+
 def make_exporter(env: Mapping[str, str]) -> SpanExporter | None:
     """The exporter named by OTEL_TRACES_EXPORTER (None for `none`)."""
     name = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
@@ -64,20 +83,7 @@ def make_exporter(env: Mapping[str, str]) -> SpanExporter | None:
         from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
         return ZipkinExporter()
-    protocol = (
-        (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        )
-        .strip()
-        .lower()
-    )
-    if protocol not in PROTOCOLS:
-        raise ExportConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is invalid: expected one of "
-            f"{', '.join(PROTOCOLS)}"
-        )
+    protocol = otlp_protocol(env)
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
