@@ -135,6 +135,9 @@ class KafkaPythonDriver(ClientDriver):
             acks=-1 if acks == "all" else int(acks),
             compression_type=None if compression == "none" else compression,
             enable_idempotence=idempotent,
+            # Retries (e.g. NOT_LEADER right after a topic is created) reorder batches unless
+            # the producer is idempotent or sends one request at a time: tests check order.
+            max_in_flight_requests_per_connection=5 if idempotent else 1,
             linger_ms=5,
             **self.extra,
         )
@@ -211,6 +214,7 @@ class ConfluentDriver(ClientDriver):
                 "acks": acks,
                 "compression.type": compression,
                 "enable.idempotence": idempotent,
+                "max.in.flight.requests.per.connection": 5 if idempotent else 1,
                 "linger.ms": 5,
                 # Java-compatible hashing: the default (consistent_random) scatters empty keys
                 # like null ones, which would break the per-key order check.
@@ -567,6 +571,7 @@ class JavaDriver(ClientDriver):
                 "acks": acks,
                 "compression.type": compression,
                 "enable.idempotence": idempotent,
+                "max.in.flight.requests.per.connection": 5 if idempotent else 1,
                 "linger.ms": 5,
                 **self.extra,
             },
