@@ -56,9 +56,6 @@ class Metrics:
     def inc(self, name: str, amount: float = 1, **labels: object) -> None:
         self._counters[self._key(name, labels)] += amount
 
-    def set(self, name: str, value: float, **labels: object) -> None:
-        self._gauges[self._key(name, labels)] = value
-
     def add(self, name: str, amount: float, **labels: object) -> None:
         key = self._key(name, labels)
         self._gauges[key] = self._gauges.get(key, 0) + amount

@@ -65,13 +65,6 @@ def rewrite_broker_addresses(api_key: int, payload: Any, mapper: AddressMapper) 
     return dataclasses.replace(payload, **changes) if changes else None
 
 
-def carries_addresses(api_key: int, payload: Any) -> bool:
-    """Whether a decoded response has any broker address in it (cheap check before rewriting)."""
-    if api_key in (ApiKey.METADATA, ApiKey.DESCRIBE_CLUSTER, ApiKey.FIND_COORDINATOR):
-        return True
-    return bool(getattr(payload, "node_endpoints", None))
-
-
 def topic_ids_from_metadata(payload: Any) -> dict[uuid.UUID, str]:
     """Topic id -> name pairs of a Metadata response (v10+ carry ids; zero ids are skipped)."""
     names: dict[uuid.UUID, str] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -189,8 +188,3 @@ class SpanPipeline:
         assert self._exporter is not None
         self._exporter.shutdown()
         self._thread = None
-
-
-def env_with_defaults(env: Mapping[str, str]) -> dict[str, str]:
-    """The process environment overlaid with settings from the env-file."""
-    return {**env, **os.environ}
