@@ -61,20 +61,25 @@ async def fetch_brokers(
 ) -> tuple[list[tuple[int, str, int]], dict]:
     """Ask one broker for the cluster's brokers; returns [(node id, host, port)] and topic ids."""
     reader, writer = await asyncio.wait_for(open_stream(target.host, target.port, tls), timeout)
-    if status is not None:
-        status.reachable = True
     try:
         writer.write(metadata_request(1))
         await writer.drain()
         size = int.from_bytes(await asyncio.wait_for(reader.readexactly(SIZE_PREFIX), timeout))
         body = await asyncio.wait_for(reader.readexactly(size), timeout)
+    except asyncio.IncompleteReadError:
+        # Closed without an answer: a SASL listener refuses requests before authentication,
+        # yet it is up. (A TLS alert, e.g. a missing client certificate, raises SSLError.)
+        if status is not None:
+            status.reachable = True
+        raise
     except ssl.SSLError:
-        # TLS 1.3 servers reject a client certificate only after the handshake: not reachable.
         if status is not None:
             status.reachable = False
         raise
     finally:
         writer.close()
+    if status is not None:
+        status.reachable = True
     if peek_correlation_id(body) != 1:
         raise ConnectionError("broker answered a different request")
     _, payload = decode_response(3, METADATA_VERSION, body)

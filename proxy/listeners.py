@@ -39,6 +39,8 @@ class Listeners:
         self._runtime = runtime
         self._servers: dict[int, asyncio.AbstractServer] = {}
         self._pending: dict[int, asyncio.Task[asyncio.AbstractServer]] = {}
+        #: Sockets bound but not yet handed to a running server (closed if we stop first).
+        self._unserved: dict[int, socket.socket] = {}
         self._ports: dict[int, int] = {}
         self._failed: set[int] = set()
 
@@ -85,6 +87,7 @@ class Listeners:
             return [HostPort(*address)] if address else []
 
         loop = asyncio.get_running_loop()
+        self._unserved[node_id] = sock
         self._pending[node_id] = loop.create_task(
             loop.create_server(
                 lambda: ClientConnection(self._runtime, node_id, targets),
@@ -96,6 +99,9 @@ class Listeners:
 
     def _served(self, node_id: int, task: asyncio.Task[asyncio.AbstractServer]) -> None:
         self._pending.pop(node_id, None)
+        sock = self._unserved.pop(node_id, None)
+        if sock is not None and (task.cancelled() or task.exception() is not None):
+            sock.close()
         if not task.cancelled() and task.exception() is None:
             self._servers[node_id] = task.result()
 
