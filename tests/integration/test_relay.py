@@ -29,6 +29,8 @@ class InProcessProxy:
                 "KTP_LISTEN_ADDRESS": f"127.0.0.1:{self.port}",
                 "KTP_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
                 "KTP_TRACING_ENABLED": "false",
+            # Stop's bounded drain must fit inside the teardown's wait below.
+            "KTP_SHUTDOWN_TIMEOUT_MS": "2000",
                 **env,
             }
         )
@@ -47,7 +49,7 @@ class InProcessProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(15)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
