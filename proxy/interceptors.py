@@ -15,10 +15,33 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .codec.records import BatchView, EncodedHeaders, RecordView, add_headers, iter_batches
+from .codec.records import (
+    BatchView,
+    EncodedHeaders,
+    RecordView,
+    add_headers,
+    append_header_to_each,
+    iter_batches,
+)
 
 #: For one record, the headers to append to it (may be empty), as pairs or already encoded.
 HeaderSource = Callable[[RecordView], Sequence[tuple[str, bytes]] | EncodedHeaders]
+
+
+class BulkHeaderSource(Protocol):
+    """One header for every record of a batch at once: the fast path of `inject`.
+
+    `headers` gives one header in wire form per record and the indices of records it wants to
+    see (or None to use the per-record source for this batch). If they went in, `added` gets
+    those records; if the batch does not suit the fast path (a record already has headers),
+    `rejected` is called and the per-record source sees the batch's records instead.
+    """
+
+    def headers(self, batch: BatchView) -> tuple[Sequence[bytes], Sequence[int]] | None: ...
+
+    def added(self, batch: BatchView, records: list[RecordView]) -> None: ...
+
+    def rejected(self, batch: BatchView) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +84,13 @@ class ProducePartition:
     def batches(self) -> Iterator[BatchView]:
         return iter_batches(self.replaced_records or self.records)
 
-    def inject(self, headers_for: HeaderSource) -> list[BatchInjection]:
+    def inject(
+        self, headers_for: HeaderSource, bulk: BulkHeaderSource | None = None
+    ) -> list[BatchInjection]:
         """Append headers to records, batch by batch, and say what happened to each batch.
+
+        With a `bulk` source, batches whose records have no headers yet get one header each
+        without per-record calls; `calls` of such a batch is its record count.
 
         A batch that would grow past the broker's size limit is kept as it was rather than
         turned into a produce failure; so are all batches when the records field holds bytes
@@ -83,7 +111,17 @@ class ProducePartition:
             original = batch.raw
             consumed += len(original)
             calls = 0
-            rebuilt = add_headers(original, counted)
+            rebuilt = None
+            if bulk is not None and (planned := bulk.headers(batch)) is not None:
+                appended = append_header_to_each(batch, *planned)
+                if appended is None:
+                    bulk.rejected(batch)
+                else:
+                    rebuilt, wanted_records = appended
+                    bulk.added(batch, wanted_records)
+                    calls = batch.record_count
+            if rebuilt is None:
+                rebuilt = add_headers(original, counted)
             reason = None if rebuilt is not None else "nothing_to_add"
             if rebuilt is not None and len(rebuilt) > self.max_batch_bytes:
                 reason, rebuilt = "too_large", None

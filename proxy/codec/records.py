@@ -427,6 +427,39 @@ class BatchView:
         if pos != limit:
             raise RecordBatchError(f"{limit - pos} bytes left after {self.record_count} records")
 
+    def records_containing(self, body: memoryview, positions: Sequence[int]) -> list[RecordView]:
+        """The records whose bytes hold one of ``positions`` (ascending offsets into ``body``).
+
+        Other records are stepped over by their length prefix, unparsed: finding the few
+        records a byte scan pointed at costs a fraction of decoding the whole batch.
+        """
+        if self.record_count < 0:
+            raise RecordBatchError(f"negative record count {self.record_count}")
+        log_append_time = self.max_timestamp if self.timestamp_type else None
+        found: list[RecordView] = []
+        pos = index = 0
+        limit = len(body)
+        wanted = len(positions)
+        for _ in range(self.record_count):
+            if index == wanted:
+                break
+            if pos >= limit:
+                raise RecordBatchError(f"batch holds fewer than {self.record_count} records")
+            length, start = _read_varint(body, pos, limit, _MAX_VARINT_BYTES)
+            end = start + length
+            if length <= 0 or end > limit:
+                raise RecordBatchError(f"record length {length} does not fit the batch")
+            if positions[index] < end:
+                found.append(
+                    _read_record(
+                        body, pos, limit, self.base_offset, self.base_timestamp, log_append_time
+                    )
+                )
+                while index < wanted and positions[index] < end:
+                    index += 1
+            pos = end
+        return found
+
     def __repr__(self) -> str:
         return (
             f"BatchView(base_offset={self.base_offset}, magic={self.magic}, "
@@ -542,7 +575,89 @@ def add_headers(
     if not pieces:
         return None
     pieces.append(body[copied_up_to:])
-    new_body = b"".join(pieces)
+    return _resigned(view, b"".join(pieces))
+
+
+def append_header_to_each(
+    view: BatchView, encoded: Sequence[bytes], wanted: Sequence[int] = ()
+) -> tuple[bytes, list[RecordView]] | None:
+    """The batch re-signed with ``encoded[i]`` (one header in wire form) added to record i,
+    and the records at the ``wanted`` indices (ascending) parsed from the original.
+
+    The fast path for giving every record one new header (a traceparent): records are stepped
+    through by their varints, no record objects are built. It applies only to records without
+    headers; None means it does not apply (a record has headers, a control or legacy batch, a
+    count that differs from the batch's) and the caller takes `add_headers` instead.
+    """
+    if view.is_legacy or view.is_control or len(encoded) != view.record_count:
+        return None
+    if not view.crc_is_valid():
+        raise RecordBatchError("batch CRC does not match its contents")
+    body = view._body()
+    limit = len(body)
+    pieces: list[Buffer] = []
+    append = pieces.append
+    starts: list[int] = []
+    next_wanted = wanted[0] if wanted else -1
+    pos = 0
+    try:
+        for index, added in enumerate(encoded):
+            if index == next_wanted:
+                starts.append(pos)
+                next_wanted = wanted[len(starts)] if len(starts) < len(wanted) else -1
+            length, start = _read_short_varint(body, pos, limit)
+            end = start + length
+            if length <= 0 or end > limit:
+                raise RecordBatchError(f"record length {length} does not fit the batch")
+            field = start + 1  # attributes
+            while body[field] & 0x80:  # timestamp delta
+                field += 1
+            field += 1
+            while body[field] & 0x80:  # offset delta
+                field += 1
+            key_length, field = _read_short_varint(body, field + 1, end)
+            if key_length > 0:
+                field += key_length
+            value_length, field = _read_short_varint(body, field, end)
+            if value_length > 0:
+                field += value_length
+            if field != end - 1 or body[field] != 0:
+                if field >= end:
+                    raise RecordBatchError("record fields run past the record")
+                return None  # the record has headers (or trailing bytes): the general path
+            append(_encode_varint(length + len(added)))
+            append(body[start:field])
+            append(b"\x02")  # header count 1, zig-zag
+            append(added)
+            pos = end
+    except IndexError:
+        raise RecordBatchError("record fields run past the batch") from None
+    if pos != limit:
+        raise RecordBatchError(f"{limit - pos} bytes left after {view.record_count} records")
+    log_append_time = view.max_timestamp if view.timestamp_type else None
+    records = [
+        _read_record(body, at, limit, view.base_offset, view.base_timestamp, log_append_time)
+        for at in starts
+    ]
+    return _resigned(view, b"".join(pieces)), records
+
+
+def _read_short_varint(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
+    """`_read_varint` with the one- and two-byte cases (most lengths) decoded inline."""
+    if pos + 1 < limit:
+        first = buf[pos]
+        if first < 0x80:
+            return (first >> 1) ^ -(first & 1), pos + 1
+        second = buf[pos + 1]
+        if second < 0x80:
+            raw = (first & 0x7F) | (second << 7)
+            return (raw >> 1) ^ -(raw & 1), pos + 2
+    return _read_varint(buf, pos, limit, _MAX_VARINT_BYTES)
+
+
+def _resigned(view: BatchView, new_body: bytes) -> bytes:
+    """The batch with a new records section: compressed like the original, length and CRC
+    recomputed; everything else in the header is kept."""
     codec = view.compression
     payload = (
         new_body

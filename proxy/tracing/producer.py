@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanContext, SpanKind
 
-from ..codec.records import EncodedHeaders
+from ..codec.records import BatchView, EncodedHeaders, RecordView
 from ..interceptors import BatchInjection, ConnectionContext, ProducePartition, ProduceResult
 from ..metrics import Metrics
 from .core import TracingCore
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
+from .traceparent import new_root_traceparents
 
 log = logging.getLogger(__name__)
 
@@ -55,69 +55,25 @@ class ProduceTracer:
         self, ctx: ConnectionContext, partition: ProducePartition
     ) -> PendingPartition | None:
         core = self._core
-        sampler, propagation = core.sampler, core.propagation
-        #: (index of the header-source call, pending span) for sampled records, in call order.
-        sends: list[tuple[int, PendingSend]] = []
-        calls = 0
-        kept = unsampled = invalid = 0
-
-        inject = propagation.inject_encoded
-
-        def headers_for(record: Any) -> EncodedHeaders | tuple[()]:
-            nonlocal calls, kept, unsampled, invalid
-            index = calls
-            calls += 1
-            headers = record.headers
-            existing = propagation.extract(headers) if headers else None
-            if existing is None and headers and propagation.carries_context(headers):
-                # A trace header we cannot read: never add a second, conflicting one.
-                invalid += 1
-                return ()
-            if existing is not None:
-                kept += 1
-                if sampler.sample_child(existing.trace_id, existing.sampled):
-                    sends.append(
-                        (
-                            index,
-                            PendingSend(
-                                existing.trace_id,
-                                new_span_id(),
-                                existing.span_context(),
-                                record.offset,
-                                printable_key(record.key),
-                            ),
-                        )
-                    )
-                return ()
-            trace_id, span_id = new_trace_id(), new_span_id()
-            if sampler.sample_root(trace_id):
-                sends.append(
-                    (
-                        index,
-                        PendingSend(
-                            trace_id, span_id, None, record.offset, printable_key(record.key)
-                        ),
-                    )
-                )
-                return inject(trace_id, span_id, True)
-            unsampled += 1
-            return inject(trace_id, span_id, False)
-
+        injection = _RequestInjection(core)
         start_ns = time.time_ns()
-        outcomes = partition.inject(headers_for)
-        kept_sends = self._sends_that_went_out(outcomes, sends)
+        bulk = injection if core.propagation.tracecontext_only else None
+        outcomes = partition.inject(injection, bulk)
+        kept_sends = self._sends_that_went_out(outcomes, injection.sends)
         metrics = self._metrics
         for outcome in outcomes:
             if outcome.skipped in ("too_large", "unparsed_records"):
                 metrics.inc("header_injections_skipped", reason=outcome.skipped)
                 metrics.inc("records_traced", outcome.calls, side="produce", outcome="skipped")
                 self._warn_once(outcome.skipped, partition)
-        if kept:
-            metrics.inc("records_traced", kept, side="produce", outcome="app_context")
-        if unsampled:
-            metrics.inc("records_traced", unsampled, side="produce", outcome="unsampled")
-        if invalid:
-            metrics.inc("records_traced", invalid, side="produce", outcome="invalid_context")
+        if injection.kept:
+            metrics.inc("records_traced", injection.kept, side="produce", outcome="app_context")
+        if injection.unsampled:
+            metrics.inc("records_traced", injection.unsampled, side="produce", outcome="unsampled")
+        if injection.invalid:
+            metrics.inc(
+                "records_traced", injection.invalid, side="produce", outcome="invalid_context"
+            )
         if kept_sends:
             metrics.inc("records_traced", len(kept_sends), side="produce", outcome="sampled")
         if not kept_sends:
@@ -208,3 +164,84 @@ class ProduceTracer:
                     error=error,
                 )
             )
+
+
+class _RequestInjection:
+    """Header decisions for one partition of one Produce request, record by record or, for
+    batches of records without headers, a whole batch at once (`BulkHeaderSource`).
+
+    Every call of either kind gets consecutive indices, so `sends` can be matched to the
+    batches `inject` reports.
+    """
+
+    def __init__(self, core: TracingCore) -> None:
+        self._sampler = core.sampler
+        self._propagation = core.propagation
+        self._threshold = core.sampler.root_hex_threshold
+        #: (index of the header-source call, pending span) for sampled records, in call order.
+        self.sends: list[tuple[int, PendingSend]] = []
+        self.calls = self.kept = self.unsampled = self.invalid = 0
+        #: (index in batch, trace id, span id) of the sampled records of the current batch.
+        self._sampled: list[tuple[int, int, int]] = []
+
+    def __call__(self, record: RecordView) -> EncodedHeaders | tuple[()]:
+        """The per-record path: records that may already carry a context."""
+        index = self.calls
+        self.calls += 1
+        propagation = self._propagation
+        headers = record.headers
+        existing = propagation.extract(headers) if headers else None
+        if existing is None and headers and propagation.carries_context(headers):
+            # A trace header we cannot read: never add a second, conflicting one.
+            self.invalid += 1
+            return ()
+        if existing is not None:
+            self.kept += 1
+            if self._sampler.sample_child(existing.trace_id, existing.sampled):
+                self.sends.append(
+                    (
+                        index,
+                        PendingSend(
+                            existing.trace_id,
+                            new_span_id(),
+                            existing.span_context(),
+                            record.offset,
+                            printable_key(record.key),
+                        ),
+                    )
+                )
+            return ()
+        trace_id, span_id = new_trace_id(), new_span_id()
+        if self._sampler.sample_root(trace_id):
+            self.sends.append(
+                (
+                    index,
+                    PendingSend(trace_id, span_id, None, record.offset, printable_key(record.key)),
+                )
+            )
+            return propagation.inject_encoded(trace_id, span_id, True)
+        self.unsampled += 1
+        return propagation.inject_encoded(trace_id, span_id, False)
+
+    def headers(self, batch: BatchView) -> tuple[list[bytes], list[int]] | None:
+        """A new root traceparent for every record of the batch (W3C propagation only); the
+        sampled records are the ones to see again, for their offsets and keys."""
+        count = batch.record_count
+        if count <= 0:
+            return None
+        encoded, self._sampled = new_root_traceparents(count, self._threshold)
+        return encoded, [index for index, _, _ in self._sampled]
+
+    def added(self, batch: BatchView, records: list[RecordView]) -> None:
+        base = self.calls
+        self.calls += batch.record_count
+        self.unsampled += batch.record_count - len(records)
+        for (index, trace_id, span_id), record in zip(self._sampled, records, strict=True):
+            key = printable_key(record.key)
+            self.sends.append(
+                (base + index, PendingSend(trace_id, span_id, None, record.offset, key))
+            )
+
+    def rejected(self, batch: BatchView) -> None:
+        """The batch's records have headers: the per-record path decides for them."""
+        self._sampled = []

@@ -37,6 +37,14 @@ class Sampler:
     def _bound(self) -> int:
         return round(self.root_ratio * (_LOW_64 + 1))
 
+    @property
+    def root_hex_threshold(self) -> bytes | None:
+        """For deciding roots from trace ids as 32 lower-case hex digits, without int
+        conversion: a root is sampled when its last 16 digits sort below this (same width, so
+        byte order is numeric order). None means every root is sampled."""
+        bound = self._bound
+        return None if bound > _LOW_64 else b"%016x" % bound
+
     def sample_root(self, trace_id: int) -> bool:
         return (trace_id & _LOW_64) < self._bound
 

@@ -7,6 +7,7 @@ never an exception, because headers come from arbitrary producers.
 
 from __future__ import annotations
 
+import random
 import re
 
 TRACEPARENT = "traceparent"
@@ -32,3 +33,39 @@ def parse_traceparent(value: bytes | None) -> tuple[int, int, bool] | None:
     if not trace_id or not span_id:
         return None
     return trace_id, span_id, bool(int(flags_hex, 16) & 1)
+
+
+#: A `traceparent` record header up to its value, in wire form: zig-zag varint 11, the key,
+#: zig-zag varint 55 (the length of a version-00 value).
+WIRE_PREFIX = b"\x16traceparent\x6e"
+_WIRE_START = WIRE_PREFIX + b"00-"
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+
+
+def new_root_traceparents(
+    count: int, threshold: bytes | None
+) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+    """``count`` new root contexts as whole traceparent record headers (wire form), and
+    (index, trace id, span id) of the sampled ones.
+
+    The hot path of producing at low sampling ratios: ids come from one random draw per batch
+    as hex, sampling compares the low 16 hex digits with ``threshold`` (see
+    `Sampler.root_hex_threshold`; None samples all), and only sampled ids become integers.
+    """
+    digits = random.randbytes(24 * count).hex().encode()
+    headers: list[bytes] = []
+    sampled: list[tuple[int, int, int]] = []
+    for index in range(count):
+        at = 48 * index
+        trace_hex = digits[at : at + 32]
+        span_hex = digits[at + 32 : at + 48]
+        if trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:  # invalid ids: draw again
+            trace_hex = b"%032x" % (random.getrandbits(128) | 1)
+            span_hex = b"%016x" % (random.getrandbits(64) | 1)
+        if threshold is None or trace_hex[16:] < threshold:
+            sampled.append((index, int(trace_hex, 16), int(span_hex, 16)))
+            headers.append(b"".join((_WIRE_START, trace_hex, b"-", span_hex, b"-01")))
+        else:
+            headers.append(b"".join((_WIRE_START, trace_hex, b"-", span_hex, b"-00")))
+    return headers, sampled

@@ -25,6 +25,7 @@ from proxy.codec.records import (
     RecordBatchError,
     RecordView,
     add_headers,
+    append_header_to_each,
     iter_batches,
 )
 
@@ -581,3 +582,99 @@ def test_mutated_record_sections_raise_only_codec_errors(
     header = bytearray(original[:61])
     struct.pack_into(">i", header, 8, 49 + len(mutated))
     _exercise(with_attributes(bytes(header) + mutated, struct.unpack_from(">h", header, 21)[0]))
+
+
+def test_records_containing_parses_only_the_records_at_the_given_positions() -> None:
+    batch = BatchView(
+        build_kafka_python(
+            [(f"k{i}".encode(), b"v" * (i * 30), [], 1000 + i) for i in range(12)], 0
+        )
+    )
+    body = batch.body()
+    everything = list(batch.records(body))
+    starts = [r._start for r in everything]
+    # Positions inside records 2 (twice), 7 and 11; records 0-1, 3-6, 8-10 are stepped over.
+    positions = [starts[2], starts[2] + 3, starts[7] + 10, len(body) - 1]
+    found = batch.records_containing(body, positions)
+    assert [r.offset for r in found] == [2, 7, 11]
+    assert [r.key for r in found] == [b"k2", b"k7", b"k11"]
+    assert batch.records_containing(body, []) == []
+
+
+def test_records_containing_rejects_a_record_length_past_the_body() -> None:
+    raw = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
+    body_start = 61
+    raw[body_start] = 0x7E  # first record's length: 63 bytes, more than the 3 records hold
+    batch = BatchView(bytes(raw))
+    with pytest.raises(RecordBatchError):
+        batch.records_containing(batch.body(), [len(batch.body()) - 1])
+
+
+WIRE_TRACEPARENT = b"\x16traceparent\x6e" + TRACEPARENT[1]
+
+
+@pytest.mark.parametrize("builder", list(BUILDERS))
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4])
+def test_append_header_to_each_writes_what_add_headers_writes(
+    builder: str, codec: int, kafka_python_snappy: None
+) -> None:
+    records = [
+        (None if i % 4 == 0 else f"key-{i}".encode(), b"v" * (i * 97), [], 1_700_000_000_000 + i)
+        for i in range(40)
+    ]
+    raw = BUILDERS[builder](records, codec)
+    view = BatchView(raw)
+    appended = append_header_to_each(view, [WIRE_TRACEPARENT] * 40, [0, 17, 39])
+    assert appended is not None
+    rebuilt, wanted = appended
+    assert rebuilt == add_headers(raw, add_traceparent)
+    assert [(r.offset, r.key) for r in wanted] == [(0, None), (17, b"key-17"), (39, b"key-39")]
+    (again,) = iter_batches(rebuilt)
+    assert again.crc_is_valid()
+    assert as_tuples(again) == [
+        (offset, key, value, [TRACEPARENT], ts)
+        for offset, key, value, _, ts in expected_tuples(records)
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=300)),
+            st.one_of(st.none(), st.binary(max_size=20_000)),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_append_header_to_each_matches_add_headers_on_any_record_shape(
+    records: list[tuple[bytes | None, bytes | None]],
+) -> None:
+    raw = build_kafka_python([(k, v, [], 1_700_000_000_000) for k, v in records], 0)
+    appended = append_header_to_each(BatchView(raw), [WIRE_TRACEPARENT] * len(records))
+    assert appended is not None
+    assert appended[0] == add_headers(raw, add_traceparent)
+
+
+def test_append_header_to_each_leaves_batches_with_headers_to_the_general_path() -> None:
+    raw = build_kafka_python(
+        [(b"k", b"v", [], 1), (b"k", b"v", [("app", b"x")], 2), (b"k", b"v", [], 3)], 0
+    )
+    assert append_header_to_each(BatchView(raw), [WIRE_TRACEPARENT] * 3) is None
+    # ...and so do a header count that does not match the records, and control batches.
+    plain = build_kafka_python([(b"k", b"v", [], 1)] * 3, 0)
+    assert append_header_to_each(BatchView(plain), [WIRE_TRACEPARENT] * 2) is None
+    control = with_attributes(plain, 0x20)
+    assert append_header_to_each(BatchView(control), [WIRE_TRACEPARENT] * 3) is None
+
+
+def test_append_header_to_each_rejects_lying_lengths_and_bad_crcs() -> None:
+    raw = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
+    raw[61] = 0x7E  # the first record claims 63 bytes
+    with pytest.raises(RecordBatchError):
+        append_header_to_each(BatchView(bytes(raw)), [WIRE_TRACEPARENT] * 3)
+    good = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
+    good[-3] ^= 0xFF  # payload byte changed, CRC not updated
+    with pytest.raises(RecordBatchError, match="CRC"):
+        append_header_to_each(BatchView(bytes(good)), [WIRE_TRACEPARENT] * 3)

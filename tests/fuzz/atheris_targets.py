@@ -44,12 +44,17 @@ from proxy.codec.guard import check_array_counts
 from proxy.codec.headers import REQUEST_PEEK_SIZE, parse_request_header, peek_request
 from proxy.codec.messages import decode_request, decode_response
 from proxy.codec.produce import iter_request_partitions
-from proxy.codec.records import RecordBatchError, add_headers, iter_batches
+from proxy.codec.records import (
+    RecordBatchError,
+    add_headers,
+    append_header_to_each,
+    iter_batches,
+)
 from proxy.exchange import KafkaExchange
 from proxy.interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from proxy.metrics import Metrics
 from proxy.tracing.propagation import Propagation
-from proxy.tracing.traceparent import format_traceparent, parse_traceparent
+from proxy.tracing.traceparent import WIRE_PREFIX, format_traceparent, parse_traceparent
 
 #: The codec's own errors: the peer's fault, which close the connection (FrameTooLarge is a
 #: ProtocolError). Every other exception escaping a target is a bug in the proxy.
@@ -291,13 +296,22 @@ def exchange_conversation(data: bytes) -> None:
 def record_batches(data: bytes) -> None:
     """A partition's records field: every batch's records, then a traceparent added to each.
 
-    A batch that add_headers rewrote must parse back to the same records plus the new header.
+    A batch that add_headers rewrote must parse back to the same records plus the new header,
+    and whatever the bulk path (append_header_to_each) accepts, it must write exactly as
+    add_headers does.
     """
     try:
         batches = list(iter_batches(data))
         for batch in batches:
             records = [(r.offset, r.timestamp, r.key, r.value, r.headers) for r in batch.records()]
+            wanted = range(0, max(batch.record_count, 0), 3)
+            appended = append_header_to_each(
+                batch, [WIRE_PREFIX + TRACEPARENT_VALUE] * batch.record_count, wanted
+            )
             rebuilt = add_headers(batch.raw, lambda _record: [("traceparent", TRACEPARENT_VALUE)])
+            if appended is not None:
+                assert appended[0] == rebuilt
+                assert [r.offset for r in appended[1]] == [records[i][0] for i in wanted]
             if rebuilt is None:
                 continue
             (again,) = iter_batches(rebuilt)

@@ -235,8 +235,10 @@ def test_garbage_records_do_not_raise(harness: Harness) -> None:
 
 
 def test_batches_without_a_sampled_context_are_skimmed_not_parsed(harness: Harness) -> None:
-    unsampled = build_batch([(None, b"x", [("traceparent", format_traceparent(7 + i, 8, False))])
-                             for i in range(10)], codec=3)
+    unsampled = build_batch(
+        [(None, b"x", [("traceparent", format_traceparent(7 + i, 8, False))]) for i in range(10)],
+        codec=3,
+    )
     harness.consumer.on_fetch_response(harness.ctx, fetched(unsampled))
     assert harness.metrics.value("records_traced", side="fetch", outcome="skimmed") == 10
     # The skimmed batch still counts as delivered: seeing offset 3 again is a redelivery.
@@ -244,3 +246,69 @@ def test_batches_without_a_sampled_context_are_skimmed_not_parsed(harness: Harne
     harness.consumer.on_fetch_response(harness.ctx, fetched(sampled))
     (span,) = harness.spans()
     assert span.attributes[REDELIVERED_ATTRIBUTE] is True
+
+
+@pytest.mark.parametrize("codec", [0, 1, 3])
+def test_only_the_records_with_a_sampled_context_get_spans_when_skimming(
+    harness: Harness, codec: int
+) -> None:
+    # 40 records across two batches: sampled contexts at offsets 5 and 31 (and a key on 31),
+    # unsampled ones elsewhere, one record whose *value* spells a sampled traceparent header.
+    def record(i: int) -> tuple[bytes | None, bytes, list]:
+        sampled = i in (5, 31)
+        value = b"v" * i
+        if i == 12:
+            value = b"\x16traceparent\x6e" + format_traceparent(3, 4, True)
+        return (
+            b"key-31" if i == 31 else None,
+            value,
+            [("traceparent", format_traceparent(1000 + i, 77, sampled))],
+        )
+
+    first = build_batch([record(i) for i in range(20)], codec=codec)
+    second = bytearray(build_batch([record(i) for i in range(20, 40)], codec=codec))
+    second[0:8] = (20).to_bytes(8, "big")  # base offset 20 (the CRC does not cover it)
+    harness.consumer.on_fetch_response(harness.ctx, fetched(first + bytes(second)))
+    spans = sorted(harness.spans(), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [s.attributes["messaging.kafka.offset"] for s in spans] == [5, 31]
+    assert [s.context.trace_id for s in spans] == [1005, 1031]
+    assert "messaging.kafka.message.key" not in spans[0].attributes
+    assert spans[1].attributes["messaging.kafka.message.key"] == "key-31"
+    # Record 12 looked sampled to the byte scan, so it was parsed too: its real header is not.
+    assert harness.metrics.value("records_traced", side="fetch", outcome="skimmed") == 37
+    assert harness.metrics.value("records_traced", side="fetch", outcome="context") == 3
+
+
+def test_plain_and_instrumented_batches_in_one_request_keep_their_spans_apart() -> None:
+    # Batch 1 (3 plain records) takes the bulk path, batch 2 (an app context, then a plain
+    # record) the per-record one, batch 3 (plain) the bulk path again: every span must still
+    # carry the offset of its own record.
+    h = Harness()
+    app_header = ("traceparent", format_traceparent(APP_TRACE, APP_SPAN, True))
+    first = build_batch([(b"a%d" % i, b"x", []) for i in range(3)])
+    second = build_batch([(b"b0", b"y", [app_header]), (b"b1", b"y", [])])
+    third = build_batch([(b"c%d" % i, b"z", []) for i in range(2)], codec=3)
+    partition = produce(h, first + second + third, ok(500))
+    headers = headers_of(partition.replaced_records)
+    assert headers[3] == (app_header,)
+    assert all([k for k, _ in hs] == ["traceparent"] for i, hs in enumerate(headers) if i != 3)
+    spans = sorted(h.spans(), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [s.attributes["messaging.kafka.offset"] for s in spans] == list(range(500, 507))
+    assert [s.attributes["messaging.kafka.message.key"] for s in spans] == [
+        "a0",
+        "a1",
+        "a2",
+        "b0",
+        "b1",
+        "c0",
+        "c1",
+    ]
+    assert spans[3].context.trace_id == APP_TRACE
+    for span, hs in zip(spans, headers, strict=True):
+        if hs != (app_header,):
+            assert parse_traceparent(dict(hs)["traceparent"])[:2] == (
+                span.context.trace_id,
+                span.context.span_id,
+            )
+    assert h.metrics.value("records_traced", side="produce", outcome="sampled") == 7
+    assert h.metrics.value("records_traced", side="produce", outcome="app_context") == 1

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from proxy.tracing.sampling import SamplerConfigError, sampler_from_env
+from proxy.tracing.traceparent import WIRE_PREFIX, new_root_traceparents, parse_traceparent
 
 
 def test_default_is_parent_based_always_on() -> None:
@@ -54,3 +55,29 @@ def test_always_off_and_parent_based_always_off() -> None:
 def test_bad_sampler_settings_name_the_variable(name: str, arg: str | None, message: str) -> None:
     with pytest.raises(SamplerConfigError, match=message):
         sampler_from_env(name, arg)
+
+
+@pytest.mark.parametrize("ratio", ["0", "0.01", "0.5", "0.999", "1"])
+def test_bulk_root_decisions_from_hex_match_the_sampler(ratio: str) -> None:
+    sampler = sampler_from_env("parentbased_traceidratio", ratio)
+    headers, sampled = new_root_traceparents(3000, sampler.root_hex_threshold)
+    assert len(headers) == 3000
+    chosen = {index for index, _, _ in sampled}
+    for index, header in enumerate(headers):
+        assert header.startswith(WIRE_PREFIX) and len(header) == len(WIRE_PREFIX) + 55
+        context = parse_traceparent(header[len(WIRE_PREFIX) :])
+        assert context is not None
+        trace_id, _, flag = context
+        assert flag == sampler.sample_root(trace_id) == (index in chosen)
+    for index, trace_id, span_id in sampled:
+        assert parse_traceparent(headers[index][len(WIRE_PREFIX) :]) == (trace_id, span_id, True)
+    expected = float(ratio) * 3000
+    assert abs(len(sampled) - expected) <= max(5 * expected**0.5, 1)
+
+
+def test_the_hex_threshold_sits_exactly_on_the_ratio_bound() -> None:
+    sampler = sampler_from_env("traceidratio", "0.5")
+    assert sampler.root_hex_threshold == b"8000000000000000"
+    assert sampler.sample_root(0x7FFF_FFFF_FFFF_FFFF) and not sampler.sample_root(1 << 63)
+    assert sampler_from_env("traceidratio", "1").root_hex_threshold is None
+    assert sampler_from_env("traceidratio", "0").root_hex_threshold == b"0" * 16
