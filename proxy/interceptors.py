@@ -121,7 +121,7 @@ class ProducePartition:
                     bulk.added(batch, wanted_records)
                     calls = batch.record_count
             if rebuilt is None:
-                rebuilt = add_headers(original, counted)
+                rebuilt = add_headers(batch, counted)
             reason = None if rebuilt is not None else "nothing_to_add"
             if rebuilt is not None and len(rebuilt) > self.max_batch_bytes:
                 reason, rebuilt = "too_large", None

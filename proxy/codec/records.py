@@ -300,6 +300,7 @@ class BatchView:
     """One record batch (or legacy message) read in place; records are decoded on demand."""
 
     __slots__ = (
+        "_decompressed",
         "_max_decompressed_size",
         "attributes",
         "base_offset",
@@ -323,6 +324,7 @@ class BatchView:
         """Parse the fixed header of exactly one batch (``batch`` must hold nothing else)."""
         self.raw = batch if isinstance(batch, memoryview) else memoryview(batch)
         self._max_decompressed_size = max_decompressed_size
+        self._decompressed: memoryview | None = None
         if len(self.raw) < LOG_OVERHEAD + MIN_LEGACY_MESSAGE_SIZE:
             raise RecordBatchError(f"{len(self.raw)} bytes is too short for a batch")
         self.base_offset, self.batch_length = _OFFSET_AND_LENGTH.unpack_from(self.raw, 0)
@@ -406,9 +408,11 @@ class BatchView:
         payload = self.raw[RECORDS_OFFSET:]
         if self.compression == Codec.NONE:
             return payload
-        return memoryview(
-            decompress(self.compression, payload, max_size=self._max_decompressed_size)
-        )
+        if self._decompressed is None:  # kept: a batch is often read twice (try, fall back)
+            self._decompressed = memoryview(
+                decompress(self.compression, payload, max_size=self._max_decompressed_size)
+            )
+        return self._decompressed
 
     def _records(self, body: memoryview) -> Iterator[RecordView]:
         if self.record_count < 0:
@@ -523,7 +527,7 @@ def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
 
 
 def add_headers(
-    batch: Buffer,
+    batch: Buffer | BatchView,
     headers_for_record: HeadersForRecord,
     *,
     max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE,
@@ -535,7 +539,11 @@ def add_headers(
     or legacy batch, which must never be altered. A batch whose CRC is already wrong raises
     RecordBatchError rather than being re-signed: the broker must still see the corruption.
     """
-    view = BatchView(batch, max_decompressed_size=max_decompressed_size)
+    view = (
+        batch
+        if isinstance(batch, BatchView)
+        else BatchView(batch, max_decompressed_size=max_decompressed_size)
+    )
     if view.is_legacy or view.is_control:
         return None
     if not view.crc_is_valid():
