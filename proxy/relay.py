@@ -219,10 +219,14 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def _deliver(self, transport: asyncio.Transport, outcome: Outcome, direction: str) -> None:
-        sent = 0
-        for piece in outcome.send:
-            transport.write(piece)
-            sent += len(piece)
+        pieces = outcome.send
+        if len(pieces) == 1:
+            transport.write(pieces[0])
+            sent = len(pieces[0])
+        else:
+            # One vectored send for a frame in several pieces (uvloop), not one per piece.
+            transport.writelines(pieces)
+            sent = sum(map(len, pieces))
         self._runtime.metrics.inc("bytes", sent, direction=direction)
         for action in outcome.after_send:
             action()
