@@ -105,5 +105,90 @@ def test_zipkin_and_both_otlp_protocols_are_available() -> None:
     assert isinstance(make_exporter({"OTEL_TRACES_EXPORTER": "zipkin"}), ZipkinExporter)
     assert isinstance(make_exporter({}), Http)
     assert isinstance(make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}), Grpc)
-    assert isinstance(make_exporter({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
-                                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}), Grpc)
+    assert isinstance(
+        make_exporter(
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+        ),
+        Grpc,
+    )
+
+
+class _Collector:
+    """A local OTLP/HTTP endpoint that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, dict(self.headers), body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_settings(
+    monkeypatch: pytest.MonkeyPatch, compression: str
+) -> None:
+    import gzip
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanKind
+
+    from proxy.tracing.spans import finished_span
+
+    collector = _Collector()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=blue")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", compression)
+        exporter = make_exporter({})
+        assert type(exporter).__name__ == "FastOtlpHttpExporter"  # our encoder, not the SDK's
+        spans = [
+            finished_span(
+                name="send orders",
+                kind=SpanKind.PRODUCER,
+                trace_id=1000 + i,
+                span_id=7 + i,
+                parent=None,
+                start_ns=1_700_000_000_000_000_000,
+                end_ns=1_700_000_000_000_500_000,
+                attributes={"messaging.system": "kafka", "messaging.kafka.offset": i},
+                resource=Resource.create({"service.name": "orders"}),
+            )
+            for i in range(50)
+        ]
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+    finally:
+        collector.close()
+    ((path, headers, body),) = collector.received
+    assert path == "/v1/traces" and headers["x-tenant"] == "blue"
+    if compression == "gzip":
+        assert headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(body)
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
