@@ -29,8 +29,8 @@ class InProcessProxy:
                 "KTP_LISTEN_ADDRESS": f"127.0.0.1:{self.port}",
                 "KTP_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
                 "KTP_TRACING_ENABLED": "false",
-            # Stop's bounded drain must fit inside the teardown's wait below.
-            "KTP_SHUTDOWN_TIMEOUT_MS": "2000",
+                # Stop's bounded drain must fit inside the teardown's wait below.
+                "KTP_SHUTDOWN_TIMEOUT_MS": "2000",
                 **env,
             }
         )

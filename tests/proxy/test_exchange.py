@@ -339,12 +339,19 @@ def test_injected_records_are_spliced_into_an_otherwise_identical_request(
 
     module = pr if version == 9 else pr11
     request = module.ProduceRequest(
-        transactional_id="tx", acks=i16(-1), timeout=datetime.timedelta(seconds=1),
-        topic_data=(module.TopicProduceData(name="t", partition_data=(
-            module.PartitionProduceData(index=i32(0), records=batch(b"a")),
-            module.PartitionProduceData(index=i32(1), records=None),
-            module.PartitionProduceData(index=i32(2), records=batch(b"b")),
-        )),),
+        transactional_id="tx",
+        acks=i16(-1),
+        timeout=datetime.timedelta(seconds=1),
+        topic_data=(
+            module.TopicProduceData(
+                name="t",
+                partition_data=(
+                    module.PartitionProduceData(index=i32(0), records=batch(b"a")),
+                    module.PartitionProduceData(index=i32(1), records=None),
+                    module.PartitionProduceData(index=i32(2), records=batch(b"b")),
+                ),
+            ),
+        ),
     )
     exchange._interceptors = Interceptors([_Tagger()])
     original = request_frame(request, 42, client_id="spliced")

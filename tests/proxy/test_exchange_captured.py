@@ -329,9 +329,7 @@ def _cases(
         for chunking in CHUNKINGS:
             if chunking == "bytes" and _conversation_size(conversation) > SHORT_CONVERSATION:
                 continue
-            cases.append(
-                pytest.param(conversation, chunking, id=f"{conversation.name}-{chunking}")
-            )
+            cases.append(pytest.param(conversation, chunking, id=f"{conversation.name}-{chunking}"))
     return cases
 
 

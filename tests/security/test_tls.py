@@ -105,9 +105,9 @@ def _assert_refused(proxy: ProxyProcess, log_fragment: str) -> None:
     assert proxy.metric(UPSTREAM_ERRORS, listener="bootstrap") >= 1
     # Discovery fails the same way, so the proxy does not call itself ready either; the reason
     # appears once its first attempt has failed (it runs beside the client's connection).
-    assert wait_for(
-        lambda: "certificate verify failed" in proxy.admin_get("/readyz")[1], 10
-    ), proxy.admin_get("/readyz")
+    assert wait_for(lambda: "certificate verify failed" in proxy.admin_get("/readyz")[1], 10), (
+        proxy.admin_get("/readyz")
+    )
     status, body = proxy.admin_get("/readyz")
     assert status == 503, body
     assert_healthy(proxy)
