@@ -55,7 +55,7 @@ _SPAN_FLAGS = {  # Span.flags (16, fixed32) by whether the parent is remote
     remote: b"\x85\x01" + struct.pack("<I", _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
     for remote in (False, True)
 }
-_SPAN_FLAGS_LOCAL = _SPAN_FLAGS[False]
+_SPAN_FLAGS_LOCAL, _SPAN_FLAGS_REMOTE = _SPAN_FLAGS[False], _SPAN_FLAGS[True]
 _LINK_FLAGS = {  # Link.flags (6, fixed32) by whether the linked context is remote
     remote: b"\x35" + struct.pack("<I", _HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
     for remote in (False, True)
@@ -128,7 +128,10 @@ def _group(spans: Sequence[ReadableSpan]) -> _Groups:
             last_resource, last_scope = resource, scope
         body = _span(span, fields, fast)
         size = len(body)  # ScopeSpans.spans (2): tag, length, body
-        bucket.append(bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size))
+        if 0x80 <= size < 0x4000:  # the usual span: a two-byte length
+            bucket.append(bytes((0x12, size & 0x7F | 0x80, size >> 7)))
+        else:
+            bucket.append(b"\x12" + _varint(size))
         bucket.append(body)
     return groups
 
@@ -237,18 +240,6 @@ def _public_fields(span: ReadableSpan) -> _Fields:
     )
 
 
-def _dropped(span: ReadableSpan, fields: _Fields, fast: bool) -> tuple[int, int, int]:
-    """(dropped attributes, events, links); plain containers in a fast-read span drop nothing."""
-    if (
-        fast
-        and type(fields[8]) in _UNBOUNDED
-        and type(fields[9]) in _UNBOUNDED
-        and type(fields[10]) in _UNBOUNDED
-    ):
-        return _NO_DROPS
-    return _dropped_counts(span)
-
-
 def _fast_span_works() -> bool:
     """Whether `ReadableSpan` still keeps its fields where `_fast_fields` reads them."""
     context = SpanContext(0x1234, 0x56, True, TraceFlags(1))
@@ -292,16 +283,26 @@ def _span(span: ReadableSpan, fields: _Fields, fast: bool) -> bytes:
         parts.append(_len_field(b"\x1a", _trace_state(trace_state)))
     if parent is None:
         flags = _SPAN_FLAGS_LOCAL
+    elif type(parent) is _TUPLE_CONTEXT:
+        parts.append(_SPAN_ID_TAGGED.pack(0x2208, parent[1]))
+        flags = _SPAN_FLAGS_REMOTE if parent[2] else _SPAN_FLAGS_LOCAL
     else:
         parent_id, flags = _parent(parent)
         parts.append(parent_id)
-    parts.append(_name_field(name))
+    parts.append(_name_cache.get(name) or _name_field(name))
     parts.append(_KIND_FIELDS.get(id(kind)) or _kind_field(kind))
     parts.append(_TIMES.pack(0x39, start, 0x41, end) if start and end else _times(start, end))
     entries = _entries(attributes)
     if entries:
         parts.append(b"\x4a" + b"\x4a".join(entries))
-    dropped_attributes, dropped_events, dropped_links = _dropped(span, fields, fast)
+    dropped_attributes, dropped_events, dropped_links = (
+        _NO_DROPS  # plain containers in a fast-read span drop nothing
+        if fast
+        and type(attributes) in _UNBOUNDED
+        and type(events) in _UNBOUNDED
+        and type(links) in _UNBOUNDED
+        else _dropped_counts(span)
+    )
     if dropped_attributes:
         parts.append(b"\x50" + _varint(dropped_attributes))
     if events:
@@ -319,15 +320,13 @@ def _span(span: ReadableSpan, fields: _Fields, fast: bool) -> bytes:
 
 
 def _parent(parent: SpanContext) -> tuple[bytes, bytes]:
-    """(Span.parent_span_id field or b"", Span.flags field) for a parent context."""
-    if type(parent) is _TUPLE_CONTEXT:
-        return _SPAN_ID_TAGGED.pack(0x2208, parent[1]), _SPAN_FLAGS[bool(parent[2])]
+    """(Span.parent_span_id field or b"", Span.flags field) for a parent context object."""
     parent_id = _SPAN_ID_TAGGED.pack(0x2208, parent.span_id) if parent else b""
     return parent_id, _SPAN_FLAGS[bool(parent and parent.is_remote)]
 
 
 def _name_field(name: str) -> bytes:
-    """Span.name (5), cached: span names repeat (one or two per topic)."""
+    """Span.name (5), cached (span names repeat: one or two per topic)."""
     field = _name_cache.get(name)
     if field is None:
         field = _string_field(b"\x2a", name)
@@ -458,8 +457,10 @@ def _scalar_entry(cache: dict[tuple[Any, Any], bytes], item: tuple[Any, Any]) ->
         any_value = b"\x18" + _varint(value & _M64)
     else:
         any_value = b"\x10\x01" if value else b"\x10\x00"
-    body = head + b"\x12" + _varint(len(any_value)) + any_value
-    entry = _varint(len(body)) + body
+    size = len(any_value)
+    body = b"".join((head, b"\x12", _BYTE[size] if size < 0x80 else _varint(size), any_value))
+    size = len(body)
+    entry = (_BYTE[size] if size < 0x80 else _varint(size)) + body
     if len(cache) >= _TYPE_CACHE_LIMIT:
         cache.clear()
     cache[item] = entry
