@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -110,13 +109,25 @@ class Proxy:
         for connection in list(self.runtime.connections):
             connection.close()
         await self.admin.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel_tasks()
         await asyncio.to_thread(self.tracing.shutdown)
         self._stopped.set()
+
+    async def _cancel_tasks(self, attempts: int = 50) -> None:
+        """Cancel the background tasks, asking again while one is still running: Python 3.11's
+        `asyncio.wait_for` can swallow a cancellation that races a completed read, and the
+        discovery loop would then sleep on until its next refresh."""
+        pending = set(self._tasks)
+        for _ in range(attempts):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("background task %s failed: %s", task.get_name(), task.exception())
+        self._tasks.clear()
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()

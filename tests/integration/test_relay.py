@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -49,7 +51,15 @@ class InProcessProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(15)
+        stopping = asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop)
+        try:
+            stopping.result(15)
+        except TimeoutError:
+            # Say where it hangs: the loop thread's stack and every task still pending.
+            stack = "".join(traceback.format_stack(sys._current_frames()[self._thread.ident]))
+            tasks = "\n".join(repr(t) for t in asyncio.all_tasks(self.loop))
+            message = f"Proxy.stop hung; loop thread:\n{stack}\ntasks:\n{tasks}"
+            raise AssertionError(message) from None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
