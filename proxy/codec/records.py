@@ -544,11 +544,9 @@ def add_headers(
         if isinstance(batch, BatchView)
         else BatchView(batch, max_decompressed_size=max_decompressed_size)
     )
-    if view.is_legacy or view.is_control:
+    body = _alterable_body(view)
+    if body is None:
         return None
-    if not view.crc_is_valid():
-        raise RecordBatchError("batch CRC does not match its contents")
-    body = view._body()
     pieces: list[Buffer] = []
     copied_up_to = 0
     # Callbacks often return the same header list for a whole batch: encode it once.
@@ -597,11 +595,11 @@ def append_header_to_each(
     headers; None means it does not apply (a record has headers, a control or legacy batch, a
     count that differs from the batch's) and the caller takes `add_headers` instead.
     """
-    if view.is_legacy or view.is_control or len(encoded) != view.record_count:
+    if len(encoded) != view.record_count:
         return None
-    if not view.crc_is_valid():
-        raise RecordBatchError("batch CRC does not match its contents")
-    body = view._body()
+    body = _alterable_body(view)
+    if body is None:
+        return None
     limit = len(body)
     pieces: list[Buffer] = []
     append = pieces.append
@@ -661,6 +659,17 @@ def _read_short_varint(buf: memoryview, pos: int, limit: int) -> tuple[int, int]
             raw = (first & 0x7F) | (second << 7)
             return (raw >> 1) ^ -(raw & 1), pos + 2
     return _read_varint(buf, pos, limit, _MAX_VARINT_BYTES)
+
+
+def _alterable_body(view: BatchView) -> memoryview | None:
+    """The (decompressed) records of a batch headers may be added to; None for control and
+    legacy batches, which must never be altered. A batch whose CRC is already wrong raises
+    rather than being re-signed: the broker must still see the corruption."""
+    if view.is_legacy or view.is_control:
+        return None
+    if not view.crc_is_valid():
+        raise RecordBatchError("batch CRC does not match its contents")
+    return view._body()
 
 
 def _resigned(view: BatchView, new_body: bytes) -> bytes:

@@ -23,16 +23,15 @@ from ..interceptors import ConnectionContext, FetchedPartition
 from ..metrics import Metrics
 from .core import TracingCore
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
+from .traceparent import VALUE_LENGTH, WIRE_PREFIX
 
 log = logging.getLogger(__name__)
 
-#: A version-00 traceparent record header as it appears in a (decompressed) batch body, up to
-#: its value: key length 11 and value length 55 as zig-zag varints.
-_TRACEPARENT_HEADER = b"\x16traceparent\x6e"
-#: From the start of that header to the last character of the flags ("00-<32>-<16>-0X").
-_FLAGS_LAST_CHAR = len(_TRACEPARENT_HEADER) + 54
+#: From the start of a traceparent header (`WIRE_PREFIX`, as it appears in a decompressed batch
+#: body) to the last character of its flags ("00-<32>-<16>-0X").
+_FLAGS_LAST_CHAR = len(WIRE_PREFIX) + VALUE_LENGTH - 1
 #: Header plus value: where the next search may start.
-_TRACEPARENT_HEADER_SIZE = len(_TRACEPARENT_HEADER) + 55
+_TRACEPARENT_HEADER_SIZE = len(WIRE_PREFIX) + VALUE_LENGTH
 #: Lower-case hex digits with the sampled bit (01) set.
 _SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 AGE_ATTRIBUTE = "ktp.record.age_ms"
@@ -68,12 +67,12 @@ def sampled_traceparent_positions(data: bytes, start: int, end: int) -> list[int
     """
     positions: list[int] = []
     find = data.find
-    pos = find(_TRACEPARENT_HEADER, start, end)
+    pos = find(WIRE_PREFIX, start, end)
     while pos >= 0:
         flags_at = pos + _FLAGS_LAST_CHAR
         if flags_at < end and data[flags_at] in _SAMPLED_FLAG_CHARS:
             positions.append(pos)
-        pos = find(_TRACEPARENT_HEADER, pos + _TRACEPARENT_HEADER_SIZE, end)
+        pos = find(WIRE_PREFIX, pos + _TRACEPARENT_HEADER_SIZE, end)
     return positions
 
 

@@ -50,12 +50,14 @@ class ProduceTracer:
         self._core = core
         self._metrics = metrics
         self._warned: set[str] = set()
+        #: The sampler's bound for roots in hex form, derived once (it never changes).
+        self._root_threshold = core.sampler.root_hex_threshold
 
     def on_produce_request(
         self, ctx: ConnectionContext, partition: ProducePartition
     ) -> PendingPartition | None:
         core = self._core
-        injection = _RequestInjection(core)
+        injection = _RequestInjection(core, self._root_threshold)
         start_ns = time.time_ns()
         bulk = injection if core.propagation.tracecontext_only else None
         outcomes = partition.inject(injection, bulk)
@@ -174,10 +176,10 @@ class _RequestInjection:
     batches `inject` reports.
     """
 
-    def __init__(self, core: TracingCore) -> None:
+    def __init__(self, core: TracingCore, root_threshold: bytes | None) -> None:
         self._sampler = core.sampler
         self._propagation = core.propagation
-        self._threshold = core.sampler.root_hex_threshold
+        self._threshold = root_threshold
         #: (index of the header-source call, pending span) for sampled records, in call order.
         self.sends: list[tuple[int, PendingSend]] = []
         self.calls = self.kept = self.unsampled = self.invalid = 0

@@ -16,11 +16,9 @@ from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from ..codec.records import EncodedHeaders, encode_headers
-from .traceparent import TRACEPARENT, format_traceparent, parse_traceparent
+from .traceparent import TRACEPARENT, WIRE_PREFIX, format_traceparent, parse_traceparent
 
 Headers = Sequence[tuple[str, bytes | None]]
-#: A `traceparent` record header up to its value: zig-zag varint 11, the key, zig-zag varint 55.
-_TRACEPARENT_WIRE_PREFIX = b"\x16traceparent\x6e"
 KNOWN = ("tracecontext", "baggage", "b3", "b3multi", "jaeger", "none")
 #: Longest header value the proxy will hand to a propagator (trace headers are short).
 MAX_HEADER_VALUE = 8192
@@ -147,9 +145,7 @@ class Propagation:
     def inject_encoded(self, trace_id: int, span_id: int, sampled: bool) -> EncodedHeaders:
         """`inject`, already in record-header wire form (the per-record hot path)."""
         if self._fast:
-            return EncodedHeaders(
-                1, _TRACEPARENT_WIRE_PREFIX + format_traceparent(trace_id, span_id, sampled)
-            )
+            return EncodedHeaders(1, WIRE_PREFIX + format_traceparent(trace_id, span_id, sampled))
         return encode_headers(self.inject(trace_id, span_id, sampled))
 
     def inject(self, trace_id: int, span_id: int, sampled: bool) -> list[tuple[str, bytes]]:

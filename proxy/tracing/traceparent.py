@@ -35,8 +35,10 @@ def parse_traceparent(value: bytes | None) -> tuple[int, int, bool] | None:
     return trace_id, span_id, bool(int(flags_hex, 16) & 1)
 
 
+#: Length of a version-00 value: "00-" + 32 hex + "-" + 16 hex + "-" + 2 hex flags.
+VALUE_LENGTH = 55
 #: A `traceparent` record header up to its value, in wire form: zig-zag varint 11, the key,
-#: zig-zag varint 55 (the length of a version-00 value).
+#: zig-zag varint 55 (VALUE_LENGTH).
 WIRE_PREFIX = b"\x16traceparent\x6e"
 _WIRE_START = WIRE_PREFIX + b"00-"
 _ZERO_TRACE = b"0" * 32

@@ -9,16 +9,15 @@ could not be exported are counted in `ktp_spans_dropped_total`. SIGTERM must sti
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from testbed.clients import ConfluentDriver, Record, create_topic, is_valid_traceparent, unique_name
+from testbed.collector import StubCollector
 from testbed.kafka import KafkaCluster
 
 from .conftest import Proxies
@@ -31,30 +30,10 @@ PARTITIONS = 3
 EXPORT_SECONDS = 3.0
 
 
-class _SlowHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(EXPORT_SECONDS)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @contextmanager
 def slow_collector() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with StubCollector(delay=EXPORT_SECONDS) as collector:
+        yield collector.endpoint
 
 
 @contextmanager

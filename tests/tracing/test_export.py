@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from proxy.metrics import Metrics
 from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
+from testbed.collector import StubCollector
 
 
 class StuckExporter(SpanExporter):
@@ -116,36 +117,6 @@ def test_zipkin_and_both_otlp_protocols_are_available() -> None:
     )
 
 
-class _Collector:
-    """A local OTLP/HTTP endpoint that keeps what it was sent."""
-
-    def __init__(self) -> None:
-        import http.server
-
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((self.path, dict(self.headers), body))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_settings(
     monkeypatch: pytest.MonkeyPatch, compression: str
@@ -161,9 +132,8 @@ def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_set
 
     from proxy.tracing.spans import finished_span
 
-    collector = _Collector()
-    try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.endpoint)
+    with StubCollector() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.traces_url)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=blue")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", compression)
         exporter = make_exporter({})
@@ -184,8 +154,6 @@ def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_set
         ]
         assert exporter.export(spans) == SpanExportResult.SUCCESS
         exporter.shutdown()
-    finally:
-        collector.close()
     ((path, headers, body),) = collector.received
     assert path == "/v1/traces" and headers["x-tenant"] == "blue"
     if compression == "gzip":
