@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+from .allocator import keep_large_buffers_on_heap
 from .app import Proxy
 from .check import run_check
 from .config import ConfigError, Settings, load_settings, read_env_file
@@ -59,6 +61,9 @@ def settings_from(env_file: Path | None) -> Settings:
 async def _run(settings: Settings, tracing: Tracing, metrics: Metrics) -> None:
     proxy = Proxy(settings, tracing=tracing, metrics=metrics)
     await proxy.start()
+    # What start-up built (schemas, the SDK, settings) lives as long as the process: keep it out
+    # of the collector's full scans, which otherwise pause relaying for ~20 ms each.
+    gc.freeze()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = asyncio.run(run_check(settings, _print_check))
         tracing.shutdown()
         return 0 if ok and not settings.unknown else 1
+    if settings.tune_allocator:
+        keep_large_buffers_on_heap()
     with contextlib.suppress(ImportError):
         import uvloop
 

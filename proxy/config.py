@@ -273,6 +273,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Inject and extract trace context and export spans.",
     ),
     Setting(
+        "KTP_TUNE_ALLOCATOR",
+        "true",
+        _bool,
+        "true or false",
+        "Keep frame-sized buffers on the C heap instead of mapping fresh memory for each "
+        "(glibc; ~10x less CPU per 1 MiB Fetch response).",
+    ),
+    Setting(
         "KTP_ADMIN_ADDRESS",
         "127.0.0.1:9644",
         _optional_host_port,
@@ -316,6 +324,7 @@ class Settings:
     log_level: str
     log_format: str
     tracing_enabled: bool
+    tune_allocator: bool
     consumer_span_mode: str
     admin_address: HostPort | None
     #: Every OTEL_* variable, passed on to the OpenTelemetry SDK configuration.
@@ -425,6 +434,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=parsed["KTP_LOG_LEVEL"],
         log_format=parsed["KTP_LOG_FORMAT"],
         tracing_enabled=parsed["KTP_TRACING_ENABLED"],
+        tune_allocator=parsed["KTP_TUNE_ALLOCATOR"],
         consumer_span_mode=parsed["KTP_CONSUMER_SPAN_MODE"],
         admin_address=parsed["KTP_ADMIN_ADDRESS"],
         otel={k: v for k, v in env.items() if k.startswith("OTEL_")},

@@ -40,7 +40,12 @@ from .codec.headers import (
     peek_correlation_id,
     peek_request,
 )
-from .codec.messages import decode_request, decode_response, replace_payload
+from .codec.messages import (
+    decode_request,
+    decode_response,
+    replace_payload,
+    response_top_level_tags,
+)
 from .codec.produce import (
     iter_request_partitions,
     iter_response_partitions,
@@ -224,7 +229,8 @@ class KafkaExchange:
                     self._metrics.inc("interceptor_errors", hook="on_produce_request")
                     log.exception("interceptor failed on a produce request; records forwarded")
                     continue
-                entry.produce_states.append((interceptor, key, state))
+                if state is not None:
+                    entry.produce_states.append((interceptor, key, state))
             if partition.replaced_records is not None:
                 replacements[(located.topic_index, located.partition_index)] = (
                     partition.replaced_records
@@ -295,14 +301,26 @@ class KafkaExchange:
 
     def _on_response(self, entry: InFlight, held: Held, outcome: Outcome) -> bytes | memoryview:
         body = held.body
+        key = entry.api_key
+        if (key == ApiKey.PRODUCE or key == ApiKey.FETCH) and not response_top_level_tags(
+            key, entry.api_version, body
+        ):
+            # No node endpoints (the usual case): nothing to rewrite, so the response goes out
+            # as it came and is decoded for the interceptors only after it was sent.
+            hook = self._record_hook(entry)
+            if hook is not None:
+                outcome.after_send.append(lambda: self._decode_for(entry, body, hook))
+            return held.frame
         try:
             header_size, payload, _version = self._decode_response(entry, body)
         except ProtocolError as exc:
             # The broker's answer is authoritative even when we cannot read it.
             self._metrics.inc("responses_undecodable", api_key=entry.api_key)
             log.warning("forwarding a response the proxy cannot decode: %s", exc)
+            hook = self._record_hook(entry)
+            if hook is not None and key == ApiKey.PRODUCE:
+                outcome.after_send.append(lambda: hook(None))
             return held.frame
-        key = entry.api_key
         changed: Any = None
         if key == ApiKey.API_VERSIONS:
             changed = restrict_api_versions(payload, DECODABLE)
@@ -314,15 +332,34 @@ class KafkaExchange:
             except PortMappingError as exc:
                 # Forwarding the real address would let the client bypass the proxy.
                 raise ProtocolError(f"a broker cannot be given a local port: {exc}") from None
-        if key == ApiKey.PRODUCE and entry.produce_states:
-            states = entry.produce_states
-            outcome.after_send.append(lambda: self._finish_produce(states, payload))
-        elif key == ApiKey.FETCH and self._interceptors.fetch:
-            outcome.after_send.append(lambda: self._deliver_fetch(payload))
+        hook = self._record_hook(entry)
+        if hook is not None:
+            outcome.after_send.append(lambda: hook(payload))
         if changed is None:
             return held.frame
         self._metrics.inc("responses_rewritten", api_key=key)
         return frame(replace_payload(body, header_size, changed))
+
+    def _record_hook(self, entry: InFlight) -> Callable[[Any], None] | None:
+        """What the interceptors do with a Produce or Fetch response's payload (None: nothing).
+        A Produce hook also gets None, for a response that could not be read."""
+        if entry.api_key == ApiKey.PRODUCE and entry.produce_states:
+            states = entry.produce_states
+            return lambda payload: self._finish_produce(states, payload)
+        if entry.api_key == ApiKey.FETCH and self._interceptors.fetch:
+            return lambda payload: None if payload is None else self._deliver_fetch(payload)
+        return None
+
+    def _decode_for(self, entry: InFlight, body: memoryview, hook: Callable[[Any], None]) -> None:
+        """Decode an already forwarded response for the interceptors (its array counts were
+        checked by the walk that found no node endpoints in it)."""
+        try:
+            _, payload = decode_response(entry.api_key, entry.api_version, body, walked=True)
+        except ProtocolError as exc:
+            self._metrics.inc("responses_undecodable", api_key=entry.api_key)
+            log.warning("a forwarded response could not be decoded for tracing: %s", exc)
+            payload = None
+        hook(payload)
 
     def _decode_response(self, entry: InFlight, body: memoryview) -> tuple[int, Any, int]:
         try:

@@ -191,7 +191,8 @@ class FetchedPartition:
 class ProduceInterceptor(Protocol):
     def on_produce_request(self, ctx: ConnectionContext, partition: ProducePartition) -> Any:
         """A Produce request's partition is about to be forwarded. The return value is handed
-        back to `on_produce_response` for the same partition."""
+        back to `on_produce_response` for the same partition; None means the answer is of no
+        interest (then `on_produce_response` is not called, and the response is not decoded)."""
 
     def on_produce_response(
         self, ctx: ConnectionContext, state: Any, result: ProduceResult | None

@@ -54,14 +54,16 @@ class FrameScanner:
         self._classify = classify
         self._forward_remaining = 0
         self._head = bytearray()
-        self._held: bytearray | None = None
+        #: Pieces of a frame being held (slices of the buffers fed in), joined once it is whole.
+        self._held: list[bytes | memoryview] | None = None
+        self._held_size = 0
         self._held_remaining = 0
         self._held_token: Any = None
 
     @property
     def buffered(self) -> int:
         """Bytes kept back between calls (a partial header or a partial held frame)."""
-        return len(self._head) + (len(self._held) if self._held is not None else 0)
+        return len(self._head) + (self._held_size if self._held is not None else 0)
 
     @property
     def at_frame_boundary(self) -> bool:
@@ -101,12 +103,13 @@ class FrameScanner:
                 continue
             if self._held is not None:
                 take = min(self._held_remaining, end - pos)
-                self._held += view[pos : pos + take]
+                self._held.append(_kept(view[pos : pos + take]))
+                self._held_size += take
                 pos += take
                 self._held_remaining -= take
                 if not self._held_remaining:
-                    # The bytearray is handed over, not copied: a new one starts each frame.
-                    out.append(Held(self._held_token, memoryview(self._held)))
+                    # One copy of the whole frame, made once it is complete.
+                    out.append(Held(self._held_token, b"".join(self._held)))
                     self._held = None
                     self._held_token = None
                 continue
@@ -125,7 +128,8 @@ class FrameScanner:
                     out.append(Held(token, view[pos : start + size]))
                     pos = start + size
                 else:
-                    self._held = bytearray(view[pos:end])
+                    self._held = [_kept(view[pos:end])]
+                    self._held_size = end - pos
                     self._held_remaining = size - (end - start)
                     self._held_token = token
                     pos = end
@@ -147,14 +151,21 @@ class FrameScanner:
                 out.append(Forward(head))
                 self._forward_remaining = SIZE_PREFIX + size - len(head)
             else:
-                self._held = bytearray(head)
+                self._held = [head]
+                self._held_size = len(head)
                 self._held_remaining = size - self._peek_size
                 self._held_token = token
                 if not self._held_remaining:
-                    out.append(Held(token, memoryview(self._held)))
+                    out.append(Held(token, head))
                     self._held = None
         flush_run(pos)
         return out
+
+
+def _kept(piece: memoryview) -> bytes | memoryview:
+    """A piece to keep past this call: a slice of an immutable buffer as it is (no copy), a copy
+    of a mutable one, which its owner may reuse."""
+    return piece if piece.readonly else bytes(piece)
 
 
 def frame(body: bytes | memoryview) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from functools import cache
 
 from kio.serial import _introspect as introspect
@@ -28,42 +29,16 @@ class _Incomplete(Exception):
     """The walk cannot go on; kio will raise its own ordinary error for this input."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Field:
-    kafka_type: str | None  # None for a nested entity
-    entity: type | None
-    nullable_entity: bool
-    is_array: bool
-
-
-@cache
-def _fields(entity: type) -> tuple[tuple[_Field, ...], dict[int, _Field]]:
-    """(untagged fields in order, tag -> tagged field) of a kio entity."""
-    plain: list[_Field] = []
-    tagged: dict[int, _Field] = {}
-    for field in dataclasses.fields(entity):
-        kind = introspect.classify_field(field)
-        nested = isinstance(kind, introspect.EntityField | introspect.EntityTupleField)
-        described = _Field(
-            kafka_type=None if nested else introspect.get_schema_field_type(field),
-            entity=kind.type_ if nested else None,
-            nullable_entity=isinstance(kind, introspect.EntityField)
-            and introspect.is_optional(field),
-            is_array=kind.is_array,
-        )
-        tag = introspect.get_field_tag(field)
-        if tag is None:
-            plain.append(described)
-        else:
-            tagged[int(tag)] = described
-    return tuple(plain), tagged
+#: A compiled walk over one part of a message: (data, position) -> position after it.
+_Step = Callable[[memoryview, int], int]
 
 
 def _uvarint(data: memoryview, pos: int) -> tuple[int, int]:
-    value = 0
-    for count in range(5):
-        if pos + count >= len(data):
-            raise _Incomplete
+    byte = data[pos]  # past the end: IndexError, which the walk treats as incomplete
+    if byte < 0x80:  # most varints here are counts and lengths below 128
+        return byte, pos + 1
+    value = byte & 0x7F
+    for count in range(1, 5):
         byte = data[pos + count]
         value |= (byte & 0x7F) << (7 * count)
         if not byte & 0x80:
@@ -77,68 +52,166 @@ def _int(data: memoryview, pos: int, size: int) -> int:
     return int.from_bytes(data[pos : pos + size], "big", signed=True)
 
 
-def _skip_primitive(kafka_type: str, flexible: bool, data: memoryview, pos: int) -> int:
-    fixed = _FIXED_SIZES.get(kafka_type)
-    if fixed is not None:
-        length = fixed
-    elif flexible:
-        length, pos = _uvarint(data, pos)
-        length = max(length - 1, 0)
-    elif kafka_type == "string":
-        length, pos = max(_int(data, pos, 2), 0), pos + 2
-    else:
-        length, pos = max(_int(data, pos, 4), 0), pos + 4
-    if pos + length > len(data):
-        raise _Incomplete
-    return pos + length
+def _skip_fixed(size: int) -> _Step:
+    def skip(data: memoryview, pos: int) -> int:
+        pos += size
+        if pos > len(data):
+            raise _Incomplete
+        return pos
+
+    return skip
 
 
-def _walk_field(field: _Field, flexible: bool, data: memoryview, pos: int) -> int:
-    if not field.is_array:
-        return _walk_one(field, flexible, data, pos)
-    if flexible:
-        count, pos = _uvarint(data, pos)
-        count -= 1
-    else:
-        count, pos = _int(data, pos, 4), pos + 4
-    if count > len(data) - pos:
-        raise ProtocolError(
-            f"an array announces {count} elements with {len(data) - pos} bytes left"
-        )
-    for _ in range(max(count, 0)):
-        pos = _walk_one(field, flexible, data, pos)
-    return pos
+def _skip_sized(flexible: bool, prefix: int) -> _Step:
+    """A string or bytes field: a length (varint+1 when flexible, else `prefix` bytes)."""
+
+    def skip(data: memoryview, pos: int) -> int:
+        if flexible:
+            length, pos = _uvarint(data, pos)
+            length -= 1
+        else:
+            length, pos = _int(data, pos, prefix), pos + prefix
+        if length > 0:
+            pos += length
+            if pos > len(data):
+                raise _Incomplete
+        return pos
+
+    return skip
 
 
-def _walk_one(field: _Field, flexible: bool, data: memoryview, pos: int) -> int:
-    if field.entity is None:
-        assert field.kafka_type is not None
-        return _skip_primitive(field.kafka_type, flexible, data, pos)
-    if field.nullable_entity:
+def _array(element: _Step, flexible: bool) -> _Step:
+    def walk(data: memoryview, pos: int) -> int:
+        if flexible:
+            count, pos = _uvarint(data, pos)
+            count -= 1
+        else:
+            count, pos = _int(data, pos, 4), pos + 4
+        if count > len(data) - pos:
+            raise ProtocolError(
+                f"an array announces {count} elements with {len(data) - pos} bytes left"
+            )
+        for _ in range(count):
+            pos = element(data, pos)
+        return pos
+
+    return walk
+
+
+def _nullable(entity: _Step) -> _Step:
+    def walk(data: memoryview, pos: int) -> int:
         if _int(data, pos, 1) == -1:
             return pos + 1
-        pos += 1
-    return _walk_entity(field.entity, data, pos)
+        return entity(data, pos + 1)
+
+    return walk
 
 
-def _walk_entity(entity: type, data: memoryview, pos: int) -> int:
+def _field_step(field: dataclasses.Field[object], flexible: bool) -> _Step:
+    kind = introspect.classify_field(field)
+    if isinstance(kind, introspect.EntityField | introspect.EntityTupleField):
+        one = _entity_step(kind.type_)
+        if isinstance(kind, introspect.EntityField) and introspect.is_optional(field):
+            one = _nullable(one)
+    else:
+        kafka_type = introspect.get_schema_field_type(field)
+        fixed = _FIXED_SIZES.get(kafka_type)
+        if fixed is not None:
+            one = _skip_fixed(fixed)
+        else:
+            one = _skip_sized(flexible, 2 if kafka_type == "string" else 4)
+    return _array(one, flexible) if kind.is_array else one
+
+
+def _merged(steps: list[tuple[int | None, _Step]]) -> tuple[_Step, ...]:
+    """Runs of fixed-size fields become one skip."""
+    merged: list[_Step] = []
+    run = 0
+    for fixed, step in steps:
+        if fixed is not None:
+            run += fixed
+            continue
+        if run:
+            merged.append(_skip_fixed(run))
+            run = 0
+        merged.append(step)
+    if run:
+        merged.append(_skip_fixed(run))
+    return tuple(merged)
+
+
+@cache
+def _entity_parts(entity: type) -> tuple[tuple[_Step, ...], dict[int, _Step], bool]:
+    """(steps over the untagged fields in order, tag -> step, flexible) of a kio entity."""
     flexible = bool(entity.__flexible__)
-    plain, tagged = _fields(entity)
-    for field in plain:
-        pos = _walk_field(field, flexible, data, pos)
-    if flexible:
-        count, pos = _uvarint(data, pos)
-        for _ in range(count):
-            tag, pos = _uvarint(data, pos)
-            _size, pos = _uvarint(data, pos)
-            if tag not in tagged:
-                raise _Incomplete
-            pos = _walk_field(tagged[tag], flexible, data, pos)
+    plain: list[tuple[int | None, _Step]] = []
+    tagged: dict[int, _Step] = {}
+    for field in dataclasses.fields(entity):
+        step = _field_step(field, flexible)
+        tag = introspect.get_field_tag(field)
+        if tag is not None:
+            tagged[int(tag)] = step
+            continue
+        kind = introspect.classify_field(field)
+        fixed = None
+        if not kind.is_array and not isinstance(
+            kind, introspect.EntityField | introspect.EntityTupleField
+        ):
+            fixed = _FIXED_SIZES.get(introspect.get_schema_field_type(field))
+        plain.append((fixed, step))
+    return _merged(plain), tagged, flexible
+
+
+def _walk_tags(tagged: dict[int, _Step], data: memoryview, pos: int, tags: list[int] | None) -> int:
+    count, pos = _uvarint(data, pos)
+    for _ in range(count):
+        tag, pos = _uvarint(data, pos)
+        _size, pos = _uvarint(data, pos)
+        step = tagged.get(tag)
+        if step is None:
+            raise _Incomplete
+        pos = step(data, pos)
+        if tags is not None:
+            tags.append(tag)
     return pos
+
+
+@cache
+def _entity_step(entity: type) -> _Step:
+    def walk(data: memoryview, pos: int) -> int:
+        plain, tagged, flexible = _entity_parts(entity)
+        for step in plain:
+            pos = step(data, pos)
+        return _walk_tags(tagged, data, pos, None) if flexible else pos
+
+    return walk
+
+
+def _walk_entity(entity: type, data: memoryview, pos: int, tags: list[int] | None = None) -> int:
+    """Walk one entity; the tags of its own tagged fields are appended to `tags` if given."""
+    plain, tagged, flexible = _entity_parts(entity)
+    for step in plain:
+        pos = step(data, pos)
+    return _walk_tags(tagged, data, pos, tags) if flexible else pos
 
 
 def check_array_counts(schema: type, body: memoryview, offset: int) -> None:
     """Raise ProtocolError if any array in the message announces more elements than can fit."""
     # Truncated or odd input stops the walk: kio's reader then reports it without over-allocating.
-    with contextlib.suppress(_Incomplete):
+    with contextlib.suppress(_Incomplete, IndexError):
         _walk_entity(schema, body, offset)
+
+
+def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ...] | None:
+    """The tags of the message's own tagged fields, checking array counts on the way.
+
+    Produce and Fetch responses carry broker addresses (KIP-951 node endpoints) only there, so an
+    empty answer lets the proxy forward such a response without decoding it first. None: the
+    walk could not finish or left bytes over, so only a full decode can judge the message.
+    """
+    tags: list[int] = []
+    try:
+        end = _walk_entity(schema, body, offset, tags)
+    except (_Incomplete, IndexError):
+        return None
+    return tuple(tags) if end == len(body) else None

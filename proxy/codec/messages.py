@@ -14,7 +14,7 @@ from kio.serial import entity_reader, entity_writer
 
 from .apis import request_schema, response_schema
 from .errors import ProtocolError
-from .guard import check_array_counts
+from .guard import check_array_counts, top_level_tags
 from .headers import response_header_size
 
 
@@ -28,11 +28,12 @@ def _writer(schema: type) -> Any:
     return entity_writer(schema)
 
 
-def _decode(schema: type, body: bytes | memoryview, offset: int) -> Any:
+def _decode(schema: type, body: bytes | memoryview, offset: int, walked: bool = False) -> Any:
     view = memoryview(body)
     if not view.readonly:
         view = view.toreadonly()  # kio accepts read-only buffers only; this does not copy
-    check_array_counts(schema, view, offset)
+    if not walked:
+        check_array_counts(schema, view, offset)
     body = view
     try:
         value, size = _reader(schema)(body, offset)
@@ -69,11 +70,28 @@ def _schema(lookup: Any, api_key: int, api_version: int) -> type:
         raise ProtocolError(f"API {api_key} v{api_version} has no schema to decode it") from None
 
 
-def decode_response(api_key: int, api_version: int, body: bytes | memoryview) -> tuple[int, Any]:
-    """Decode a response frame body; returns (header size, payload)."""
+def decode_response(
+    api_key: int, api_version: int, body: bytes | memoryview, *, walked: bool = False
+) -> tuple[int, Any]:
+    """Decode a response frame body; returns (header size, payload). `walked`: the body already
+    passed `response_top_level_tags` (not None), which checked its array counts."""
     schema = _schema(response_schema, api_key, api_version)
     header_size = response_header_size(body, api_key, api_version)
-    return header_size, _decode(schema, body, header_size)
+    return header_size, _decode(schema, body, header_size, walked)
+
+
+def response_top_level_tags(
+    api_key: int, api_version: int, body: bytes | memoryview
+) -> tuple[int, ...] | None:
+    """The tags of a response's own tagged fields, without decoding it (see `top_level_tags`);
+    None when only a full decode can tell."""
+    schema = _schema(response_schema, api_key, api_version)
+    try:
+        header_size = response_header_size(body, api_key, api_version)
+    except ProtocolError:
+        return None
+    view = memoryview(body)
+    return top_level_tags(schema, view, header_size)
 
 
 def replace_payload(body: bytes | memoryview, header_size: int, payload: Any) -> bytes:

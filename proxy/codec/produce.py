@@ -75,10 +75,31 @@ def replace_records(payload: Any, replacements: Mapping[tuple[int, int], bytes])
     return dataclasses.replace(payload, topic_data=tuple(topics))
 
 
+#: Bytes of a partition's records searched for before the rest is compared.
+_SEARCH_PREFIX = 64
+
+
 def _length_prefix(api_version: int, size: int) -> bytes:
     if api_version >= FLEXIBLE_FROM:
         return write_uvarint(size + 1)
     return size.to_bytes(4, "big", signed=True)
+
+
+def _find_copy(data: bytes, records: bytes, start: int) -> int:
+    """Where `records` (a copy of a slice of `data`) starts, from `start` on; -1 if nowhere.
+
+    Searching for a short prefix and comparing the rest is far cheaper than searching for a
+    16 KiB needle, which makes `bytes.find` prepare a table of the whole needle first.
+    """
+    if not records:
+        return -1
+    head = records[:_SEARCH_PREFIX]
+    at = data.find(head, start)
+    while at >= 0:
+        if data.startswith(records, at):
+            return at
+        at = data.find(head, at + 1)
+    return -1
 
 
 def splice_records(
@@ -101,7 +122,7 @@ def splice_records(
         records = located.records
         if records is None:
             continue
-        start = data.find(records, search_from) if records else -1
+        start = _find_copy(data, records, search_from)
         prefix = _length_prefix(api_version, len(records))
         if start < 0 or data[start - len(prefix) : start] != prefix:
             return None

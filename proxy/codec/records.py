@@ -611,7 +611,18 @@ def append_header_to_each(
             if index == next_wanted:
                 starts.append(pos)
                 next_wanted = wanted[len(starts)] if len(starts) < len(wanted) else -1
-            length, start = _read_short_varint(body, pos, limit)
+            # Varints of one or two bytes (nearly all lengths) are decoded inline: this loop
+            # runs once per produced record.
+            raw = body[pos]
+            if raw < 0x80:
+                start = pos + 1
+            elif body[pos + 1] < 0x80:
+                raw = (raw & 0x7F) | (body[pos + 1] << 7)
+                start = pos + 2
+            else:
+                raw, start = _read_varint(body, pos, limit, _MAX_VARINT_BYTES)
+                raw = (raw << 1) ^ (raw >> 63)  # back to zig-zag form, decoded below
+            length = (raw >> 1) ^ -(raw & 1)
             end = start + length
             if length <= 0 or end > limit:
                 raise RecordBatchError(f"record length {length} does not fit the batch")
@@ -621,12 +632,26 @@ def append_header_to_each(
             field += 1
             while body[field] & 0x80:  # offset delta
                 field += 1
-            key_length, field = _read_short_varint(body, field + 1, end)
-            if key_length > 0:
-                field += key_length
-            value_length, field = _read_short_varint(body, field, end)
-            if value_length > 0:
-                field += value_length
+            field += 1
+            raw = body[field]  # key length: usually -1 (null) or short
+            if raw < 0x80:
+                field += 1
+            else:
+                raw, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+                raw = (raw << 1) ^ (raw >> 63)
+            if raw & 1 == 0:  # zig-zag: even is a length >= 0
+                field += raw >> 1
+            raw = body[field]  # value length
+            if raw < 0x80:
+                field += 1
+            elif body[field + 1] < 0x80:
+                raw = (raw & 0x7F) | (body[field + 1] << 7)
+                field += 2
+            else:
+                raw, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+                raw = (raw << 1) ^ (raw >> 63)
+            if raw & 1 == 0:
+                field += raw >> 1
             if field != end - 1 or body[field] != 0:
                 if field >= end:
                     raise RecordBatchError("record fields run past the record")
@@ -646,19 +671,6 @@ def append_header_to_each(
         for at in starts
     ]
     return _resigned(view, b"".join(pieces)), records
-
-
-def _read_short_varint(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
-    """`_read_varint` with the one- and two-byte cases (most lengths) decoded inline."""
-    if pos + 1 < limit:
-        first = buf[pos]
-        if first < 0x80:
-            return (first >> 1) ^ -(first & 1), pos + 1
-        second = buf[pos + 1]
-        if second < 0x80:
-            raw = (first & 0x7F) | (second << 7)
-            return (raw >> 1) ^ -(raw & 1), pos + 2
-    return _read_varint(buf, pos, limit, _MAX_VARINT_BYTES)
 
 
 def _alterable_body(view: BatchView) -> memoryview | None:

@@ -90,3 +90,24 @@ def test_partial_prefix_is_kept_back_until_complete() -> None:
     forwarded = b"".join(bytes(p.data) for p in scanner.feed(stream[3:]) if isinstance(p, Forward))
     assert forwarded == stream
     assert scanner.at_frame_boundary
+
+
+def test_a_held_frame_keeps_its_bytes_when_the_reader_reuses_its_buffer() -> None:
+    scanner = _scanner(hold_marker=0x01)
+    stream = _frames([b"\x01\x02\x03\x04" + bytes(range(200))])
+    buffer = bytearray(stream[:100])
+    assert scanner.feed(buffer) == []
+    buffer[:] = b"\xee" * 100  # a reader that fills the same buffer again
+    (held,) = scanner.feed(stream[100:])
+    assert isinstance(held, Held) and bytes(held.frame) == stream
+
+
+def test_a_frame_held_across_many_reads_is_joined_once_and_exactly() -> None:
+    scanner = _scanner(hold_marker=0x01)
+    body = b"\x01\x02\x03\x04" + bytes(range(256)) * 1024
+    stream = frame(body)
+    out = []
+    for start in range(0, len(stream), 4096):
+        out += scanner.feed(stream[start : start + 4096])
+    (held,) = out
+    assert isinstance(held, Held) and held.frame == stream and isinstance(held.frame, bytes)

@@ -1,0 +1,136 @@
+"""The schema walk in front of kio (proxy/codec/guard.py), on real frames and on made-up ones.
+
+The walk has two jobs: refuse arrays that announce more elements than the frame can hold (before
+kio reserves memory for them), and say which tagged fields a response carries at its top level,
+so a Produce or Fetch response without broker addresses is forwarded without being decoded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import pytest
+from kio.schema.errors import ErrorCode
+from kio.schema.fetch.v16 import response as fetch16
+from kio.schema.produce.v11 import response as produce11
+from kio.static.primitive import i32, i64
+
+from proxy.codec.apis import ApiKey, request_schema, response_schema
+from proxy.codec.errors import ProtocolError
+from proxy.codec.guard import check_array_counts, top_level_tags
+from proxy.codec.headers import parse_request_header, response_header_size
+from proxy.codec.messages import response_top_level_tags
+
+from ..proxy.messages import response_frame
+from .test_captured_frames import DECODABLE, CapturedFrame, _params
+
+ZERO = datetime.timedelta(0)
+TOPIC_ID = uuid.UUID(int=7)
+
+
+def _schema_and_offset(frame: CapturedFrame) -> tuple[type, int]:
+    if frame.is_request:
+        header = parse_request_header(frame.body)
+        assert header.size is not None
+        return request_schema(frame.api_key, frame.api_version), header.size
+    offset = response_header_size(frame.body, frame.api_key, frame.api_version)
+    return response_schema(frame.api_key, frame.api_version), offset
+
+
+@pytest.mark.parametrize("frame", _params(DECODABLE))
+def test_the_walk_crosses_every_captured_message_to_its_last_byte(frame: CapturedFrame) -> None:
+    schema, offset = _schema_and_offset(frame)
+    tags = top_level_tags(schema, frame.body, offset)
+    assert tags is not None, "the walk stopped early or left bytes over"
+    expected = {
+        tag for tag, value in _top_level_tagged_values(frame, schema, offset) if value is not None
+    }
+    assert set(tags) == expected
+
+
+def _top_level_tagged_values(
+    frame: CapturedFrame, schema: type, offset: int
+) -> list[tuple[int, object]]:
+    """(tag, value if present on the wire) for the message's own tagged fields, read by kio."""
+    import dataclasses
+
+    from kio.serial import _introspect as introspect
+    from kio.serial import entity_reader
+
+    value, _ = entity_reader(schema)(frame.body.toreadonly(), offset)
+    found = []
+    for field in dataclasses.fields(schema):
+        tag = introspect.get_field_tag(field)
+        if tag is None:
+            continue
+        item = getattr(value, field.name)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = field.default_factory()  # type: ignore[misc]
+        found.append((int(tag), None if item == default else item))
+    return found
+
+
+def _fetch_response(*, endpoints: bool) -> fetch16.FetchResponse:
+    partition = fetch16.PartitionData(
+        partition_index=i32(0),
+        error_code=ErrorCode.none,
+        high_watermark=i64(10),
+        last_stable_offset=i64(10),
+        log_start_offset=i64(0),
+        aborted_transactions=None,
+        records=b"",
+    )
+    return fetch16.FetchResponse(
+        throttle_time=ZERO,
+        error_code=ErrorCode.none,
+        session_id=i32(0),
+        responses=(fetch16.FetchableTopicResponse(topic_id=TOPIC_ID, partitions=(partition,)),),
+        node_endpoints=(
+            (fetch16.NodeEndpoint(node_id=i32(2), host="10.0.0.2", port=i32(9092), rack=None),)
+            if endpoints
+            else ()
+        ),
+    )
+
+
+def _body(payload: object) -> memoryview:
+    return memoryview(response_frame(payload, 9))[4:]
+
+
+def test_a_fetch_response_with_node_endpoints_says_so() -> None:
+    assert response_top_level_tags(ApiKey.FETCH, 16, _body(_fetch_response(endpoints=True))) == (0,)
+
+
+def test_a_fetch_response_without_node_endpoints_has_no_top_level_tags() -> None:
+    assert response_top_level_tags(ApiKey.FETCH, 16, _body(_fetch_response(endpoints=False))) == ()
+
+
+def test_a_produce_response_with_node_endpoints_says_so() -> None:
+    response = produce11.ProduceResponse(
+        responses=(),
+        throttle_time=ZERO,
+        node_endpoints=(produce11.NodeEndpoint(node_id=i32(5), host="b5", port=i32(9092)),),
+    )
+    assert response_top_level_tags(ApiKey.PRODUCE, 11, _body(response)) == (0,)
+
+
+def test_a_cut_short_or_padded_response_cannot_be_judged_without_decoding() -> None:
+    body = bytes(_body(_fetch_response(endpoints=True)))
+    assert response_top_level_tags(ApiKey.FETCH, 16, body[:-3]) is None
+    assert response_top_level_tags(ApiKey.FETCH, 16, body + b"\x00") is None
+    assert response_top_level_tags(ApiKey.FETCH, 16, body[:5]) is None
+
+
+def test_an_array_announcing_more_elements_than_bytes_left_is_refused() -> None:
+    body = bytearray(_body(_fetch_response(endpoints=False)))
+    # Header (correlation id + empty tags) 5 bytes, throttle 4, error 2, session 4: the topics
+    # array count follows, a varint of count + 1.
+    assert body[15] == 2
+    body[15:16] = b"\xff\xff\xff\xff\x07"
+    schema = response_schema(ApiKey.FETCH, 16)
+    with pytest.raises(ProtocolError, match="announces"):
+        check_array_counts(schema, memoryview(bytes(body)), 5)
+    with pytest.raises(ProtocolError, match="announces"):
+        top_level_tags(schema, memoryview(bytes(body)), 5)
