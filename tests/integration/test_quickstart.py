@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from pathlib import Path
@@ -57,8 +58,25 @@ def test_ctrl_c_stops_the_demo_cleanly_with_a_report(tmp_path: Path) -> None:
     children = psutil.Process(process.pid).children(recursive=True)
     assert children, "the demo should be running Kafka, Jaeger, proxies and apps"
     process.send_signal(signal.SIGINT)
-    output = "".join(lines) + process.stdout.read()
-    process.stdout.close()
+    try:
+        rest, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        # Say what is still running (and stop it) rather than hang the rest of the suite.
+        still = [p for p in children if p.is_running()] + [psutil.Process(process.pid)]
+        stack = []
+        for leftover in still:
+            with contextlib.suppress(psutil.Error):
+                stack.append(f"{leftover.pid} {' '.join(leftover.cmdline())[:160]}")
+                leftover.kill()
+        rest, _ = process.communicate()
+        pytest.fail(
+            "the demo did not stop within 120 s of Ctrl-C; still running:\n"
+            + "\n".join(stack)
+            + "\n"
+            + "".join(lines)
+            + rest
+        )
+    output = "".join(lines) + rest
     assert process.wait(60) == 0, output
     assert "traces with orders -> billing:" in output
     _, alive = psutil.wait_procs(children, timeout=15)
