@@ -60,7 +60,7 @@ LOADS: dict[str, Load] = {
              description="ConsumerPerformance of produce-100b's records, fresh group"),
         Load("e2e-java", "e2e-java", 500, 100, 100,
              description="EndToEndLatency 100 B, acks=all (Java; whole-ms percentiles)"),
-        Load("e2e-py", "e2e-py", 1_000, 200, 100,
+        Load("e2e-py", "e2e-py", 3_000, 200, 100,
              description="produce one, consume it, repeat (confluent-kafka; µs percentiles)"),
         Load("produce-py", "produce-py", 300_000, 5_000, 1024,
              description="confluent-kafka producer 1 KiB, acks=all, uncompressed"),
