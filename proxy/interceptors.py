@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .codec.compression import Codec
 from .codec.records import (
     BatchView,
     EncodedHeaders,
@@ -42,6 +43,9 @@ class BulkHeaderSource(Protocol):
     def added(self, batch: BatchView, records: list[RecordView]) -> None: ...
 
     def rejected(self, batch: BatchView) -> None: ...
+
+    def skipped(self, batch: BatchView) -> None:
+        """The batch stays as it was (too large with the headers): its records got none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,18 @@ class ProducePartition:
             calls = 0
             rebuilt = None
             if bulk is not None and (planned := bulk.headers(batch)) is not None:
+                if _surely_too_large(batch, planned[0], self.max_batch_bytes):
+                    # Known before any work: the batch goes on untouched (librdkafka's
+                    # default batches of ~1 MB, uncompressed, end up here).
+                    bulk.skipped(batch)
+                    pieces.append(original)
+                    outcomes.append(
+                        BatchInjection(
+                            batch.record_count, first_offset, "too_large", batch.record_count
+                        )
+                    )
+                    first_offset += batch.last_offset_delta + 1
+                    continue
                 appended = append_header_to_each(batch, *planned)
                 if appended is None:
                     bulk.rejected(batch)
@@ -138,6 +154,13 @@ class ProducePartition:
         if any(o.written for o in outcomes):
             self.replaced_records = b"".join(pieces)
         return outcomes
+
+
+def _surely_too_large(batch: BatchView, encoded: Sequence[bytes], limit: int) -> bool:
+    """An uncompressed batch grows by at least the headers added to it."""
+    if batch.compression != Codec.NONE:
+        return False  # compression may still bring it under the limit
+    return len(batch.raw) + sum(map(len, encoded)) > limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,6 +244,11 @@ class _RequestInjection:
                 (base + index, PendingSend(trace_id, span_id, None, record.offset, key))
             )
 
+    def skipped(self, batch: BatchView) -> None:
+        """Too large for headers: the batch's records count as seen, none will have a span."""
+        self.calls += batch.record_count
+        self._sampled = []
+
     def rejected(self, batch: BatchView) -> None:
         """The batch's records have headers: the per-record path decides for them."""
         self._sampled = []

@@ -312,3 +312,45 @@ def test_plain_and_instrumented_batches_in_one_request_keep_their_spans_apart() 
             )
     assert h.metrics.value("records_traced", side="produce", outcome="sampled") == 7
     assert h.metrics.value("records_traced", side="produce", outcome="app_context") == 1
+
+
+def test_a_batch_too_large_for_headers_is_skipped_early_and_its_neighbours_keep_their_spans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A librdkafka-sized batch (uncompressed, near the broker's limit) between two small ones:
+    # the big one is forwarded as it came, without headers being spliced in first, and the
+    # spans of the small ones still carry their own offsets.
+    import proxy.interceptors
+
+    h = Harness()
+    small = build_batch([(b"a%d" % i, b"x", []) for i in range(2)])
+    big = build_batch([(b"b%d" % i, b"y" * 900, []) for i in range(40)])
+    tail = build_batch([(b"c0", b"z", [])])
+    spliced: list[int] = []
+    real_append = proxy.interceptors.append_header_to_each
+
+    def counting_append(batch, *args):  # type: ignore[no-untyped-def]
+        spliced.append(batch.record_count)
+        return real_append(batch, *args)
+
+    monkeypatch.setattr(proxy.interceptors, "append_header_to_each", counting_append)
+    partition = ProducePartition(
+        topic="orders",
+        topic_id=None,
+        partition=2,
+        acks=-1,
+        transactional_id=None,
+        records=small + big + tail,
+        max_batch_bytes=len(big) + 100,  # 40 headers of 68 bytes do not fit
+    )
+    state = h.producer.on_produce_request(h.ctx, partition)
+    h.producer.on_produce_response(h.ctx, state, ok(700))
+    assert spliced == [2, 1], "the big batch was rebuilt before being found too large"
+    out = list(iter_batches(partition.replaced_records))
+    assert out[1].raw == big
+    assert [len(r.headers) for b in out for r in b.records()] == [1, 1] + [0] * 40 + [1]
+    spans = sorted(h.spans(), key=lambda s: s.attributes["messaging.kafka.offset"])
+    assert [s.attributes["messaging.kafka.offset"] for s in spans] == [700, 701, 742]
+    assert [s.attributes["messaging.kafka.message.key"] for s in spans] == ["a0", "a1", "c0"]
+    assert h.metrics.value("header_injections_skipped", reason="too_large") == 1
+    assert h.metrics.value("records_traced", side="produce", outcome="skipped") == 40
