@@ -27,6 +27,7 @@ from pathlib import Path
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from benchmarks.tracing_cost import core
+from proxy.allocator import keep_large_buffers_on_heap
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.codec.headers import parse_request_header
 from proxy.codec.messages import decode_request, decode_response, encode, replace_payload
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--only", help="comma-separated pairs: " + ", ".join(PAIRS))
     args = parser.parse_args()
+    keep_large_buffers_on_heap()  # as the proxy does at start (KTP_TUNE_ALLOCATOR)
     random.seed(1)
     for name in args.only.split(",") if args.only else PAIRS:
         pair = PAIRS[name]()
