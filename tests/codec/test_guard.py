@@ -8,13 +8,10 @@ so a Produce or Fetch response without broker addresses is forwarded without bei
 from __future__ import annotations
 
 import datetime
-import uuid
 
 import pytest
-from kio.schema.errors import ErrorCode
-from kio.schema.fetch.v16 import response as fetch16
 from kio.schema.produce.v11 import response as produce11
-from kio.static.primitive import i32, i64
+from kio.static.primitive import i32
 
 from proxy.codec.apis import ApiKey, request_schema, response_schema
 from proxy.codec.errors import ProtocolError
@@ -22,11 +19,10 @@ from proxy.codec.guard import check_array_counts, top_level_tags
 from proxy.codec.headers import parse_request_header, response_header_size
 from proxy.codec.messages import response_top_level_tags
 
-from ..proxy.messages import response_frame
+from ..proxy.messages import fetch_response, response_frame
 from .test_captured_frames import DECODABLE, CapturedFrame, _params
 
 ZERO = datetime.timedelta(0)
-TOPIC_ID = uuid.UUID(int=7)
 
 
 def _schema_and_offset(frame: CapturedFrame) -> tuple[type, int]:
@@ -72,39 +68,16 @@ def _top_level_tagged_values(
     return found
 
 
-def _fetch_response(*, endpoints: bool) -> fetch16.FetchResponse:
-    partition = fetch16.PartitionData(
-        partition_index=i32(0),
-        error_code=ErrorCode.none,
-        high_watermark=i64(10),
-        last_stable_offset=i64(10),
-        log_start_offset=i64(0),
-        aborted_transactions=None,
-        records=b"",
-    )
-    return fetch16.FetchResponse(
-        throttle_time=ZERO,
-        error_code=ErrorCode.none,
-        session_id=i32(0),
-        responses=(fetch16.FetchableTopicResponse(topic_id=TOPIC_ID, partitions=(partition,)),),
-        node_endpoints=(
-            (fetch16.NodeEndpoint(node_id=i32(2), host="10.0.0.2", port=i32(9092), rack=None),)
-            if endpoints
-            else ()
-        ),
-    )
-
-
 def _body(payload: object) -> memoryview:
     return memoryview(response_frame(payload, 9))[4:]
 
 
 def test_a_fetch_response_with_node_endpoints_says_so() -> None:
-    assert response_top_level_tags(ApiKey.FETCH, 16, _body(_fetch_response(endpoints=True))) == (0,)
+    assert response_top_level_tags(ApiKey.FETCH, 16, _body(fetch_response(endpoints=True))) == (0,)
 
 
 def test_a_fetch_response_without_node_endpoints_has_no_top_level_tags() -> None:
-    assert response_top_level_tags(ApiKey.FETCH, 16, _body(_fetch_response(endpoints=False))) == ()
+    assert response_top_level_tags(ApiKey.FETCH, 16, _body(fetch_response(endpoints=False))) == ()
 
 
 def test_a_produce_response_with_node_endpoints_says_so() -> None:
@@ -117,14 +90,14 @@ def test_a_produce_response_with_node_endpoints_says_so() -> None:
 
 
 def test_a_cut_short_or_padded_response_cannot_be_judged_without_decoding() -> None:
-    body = bytes(_body(_fetch_response(endpoints=True)))
+    body = bytes(_body(fetch_response(endpoints=True)))
     assert response_top_level_tags(ApiKey.FETCH, 16, body[:-3]) is None
     assert response_top_level_tags(ApiKey.FETCH, 16, body + b"\x00") is None
     assert response_top_level_tags(ApiKey.FETCH, 16, body[:5]) is None
 
 
 def test_an_array_announcing_more_elements_than_bytes_left_is_refused() -> None:
-    body = bytearray(_body(_fetch_response(endpoints=False)))
+    body = bytearray(_body(fetch_response(endpoints=False)))
     # Header (correlation id + empty tags) 5 bytes, throttle 4, error 2, session 4: the topics
     # array count follows, a varint of count + 1.
     assert body[15] == 2

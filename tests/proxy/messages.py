@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import uuid
+from importlib import import_module
 from typing import Any
 
+from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
-from kio.static.primitive import i16, i32
+from kio.static.primitive import i16, i32, i64
 
 from proxy.codec.apis import ApiKey
 from proxy.codec.framing import frame
@@ -30,3 +34,31 @@ def response_frame(payload: Any, correlation_id: int) -> bytes:
     flexible = payload.__flexible__ and payload.__api_key__ != ApiKey.API_VERSIONS
     header_type = ResponseHeaderV1 if flexible else ResponseHeaderV0
     return frame(encode(header_type(correlation_id=i32(correlation_id))) + encode(payload))
+
+
+def fetch_response(version: int = 16, *, endpoints: bool = False, error: int = 0) -> Any:
+    """A Fetch response for one partition (topic id 42, partition 3) whose records are opaque
+    bytes; with ``endpoints``, it names broker 7 at 10.0.0.7:9092 in its node endpoints."""
+    module = import_module(f"kio.schema.fetch.v{version}.response")
+    partition = module.PartitionData(
+        partition_index=i32(3),
+        error_code=ErrorCode(error),
+        high_watermark=i64(10),
+        last_stable_offset=i64(10),
+        log_start_offset=i64(0),
+        aborted_transactions=None,
+        records=b"batches, not parsed by these tests",
+    )
+    return module.FetchResponse(
+        throttle_time=datetime.timedelta(0),
+        error_code=ErrorCode.none,
+        session_id=i32(0),
+        responses=(
+            module.FetchableTopicResponse(topic_id=uuid.UUID(int=42), partitions=(partition,)),
+        ),
+        node_endpoints=(
+            (module.NodeEndpoint(node_id=i32(7), host="10.0.0.7", port=i32(9092), rack=None),)
+            if endpoints
+            else ()
+        ),
+    )
