@@ -29,6 +29,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from benchmarks.tracing_cost import core
 from proxy.allocator import keep_large_buffers_on_heap
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
+from proxy.codec.framing import frame
 from proxy.codec.headers import parse_request_header
 from proxy.codec.messages import decode_request, decode_response, encode, replace_payload
 from proxy.codec.produce import iter_request_partitions, replace_records
@@ -71,10 +72,6 @@ def record_batch(count: int, size: int, base_offset: int = 0, sampled_ratio: flo
     return bytes(batch)
 
 
-def _with_frame(body: bytes) -> bytes:
-    return len(body).to_bytes(4, "big") + body
-
-
 def perf_produce_pair() -> tuple[bytes, bytes]:
     """The captured Produce with its records replaced by one headerless 16 KiB batch."""
     request, response = frame_pair("Produce")
@@ -85,7 +82,7 @@ def perf_produce_pair() -> tuple[bytes, bytes]:
     located = next(iter_request_partitions(payload))
     batch = record_batch(15, 1024)
     replaced = replace_records(payload, {(located.topic_index, located.partition_index): batch})
-    return _with_frame(replace_payload(body, header.size, replaced)), response
+    return frame(replace_payload(body, header.size, replaced)), response
 
 
 def perf_fetch_pair() -> tuple[bytes, bytes]:
@@ -99,7 +96,7 @@ def perf_fetch_pair() -> tuple[bytes, bytes]:
     payload = dataclasses.replace(
         payload, responses=(dataclasses.replace(topic, partitions=(partition,)),)
     )
-    return request, _with_frame(bytes(body[:header_size]) + encode(payload))
+    return request, frame(bytes(body[:header_size]) + encode(payload))
 
 
 PAIRS: dict[str, Callable[[], tuple[bytes, bytes]]] = {

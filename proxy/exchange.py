@@ -302,23 +302,26 @@ class KafkaExchange:
     def _on_response(self, entry: InFlight, held: Held, outcome: Outcome) -> bytes | memoryview:
         body = held.body
         key = entry.api_key
-        if (key == ApiKey.PRODUCE or key == ApiKey.FETCH) and not response_top_level_tags(
-            key, entry.api_version, body
-        ):
-            # No node endpoints (the usual case): nothing to rewrite, so the response goes out
-            # as it came and is decoded for the interceptors only after it was sent.
-            hook = self._record_hook(entry)
-            if hook is not None:
-                outcome.after_send.append(lambda: self._decode_for(entry, body, hook))
-            return held.frame
+        walked = False
+        if key == ApiKey.PRODUCE or key == ApiKey.FETCH:
+            tags = response_top_level_tags(key, entry.api_version, body)
+            if not tags:
+                # No node endpoints (the usual case): nothing to rewrite, so the response goes
+                # out as it came and is decoded for the interceptors only after it was sent.
+                # (None, a walk that could not finish, is a body kio cannot read either.)
+                hook = self._record_hook(entry)
+                if hook is not None:
+                    outcome.after_send.append(lambda: self._decode_for(entry, body, hook))
+                return held.frame
+            walked = True
         try:
-            header_size, payload, _version = self._decode_response(entry, body)
+            header_size, payload, _version = self._decode_response(entry, body, walked)
         except ProtocolError as exc:
             # The broker's answer is authoritative even when we cannot read it.
             self._metrics.inc("responses_undecodable", api_key=entry.api_key)
             log.warning("forwarding a response the proxy cannot decode: %s", exc)
             hook = self._record_hook(entry)
-            if hook is not None and key == ApiKey.PRODUCE:
+            if hook is not None:
                 outcome.after_send.append(lambda: hook(None))
             return held.frame
         changed: Any = None
@@ -342,7 +345,8 @@ class KafkaExchange:
 
     def _record_hook(self, entry: InFlight) -> Callable[[Any], None] | None:
         """What the interceptors do with a Produce or Fetch response's payload (None: nothing).
-        A Produce hook also gets None, for a response that could not be read."""
+        The hook gets None for a response that could not be read: Produce interceptors learn
+        that their requests' outcome is unknown, Fetch interceptors are not called."""
         if entry.api_key == ApiKey.PRODUCE and entry.produce_states:
             states = entry.produce_states
             return lambda payload: self._finish_produce(states, payload)
@@ -361,9 +365,13 @@ class KafkaExchange:
             payload = None
         hook(payload)
 
-    def _decode_response(self, entry: InFlight, body: memoryview) -> tuple[int, Any, int]:
+    def _decode_response(
+        self, entry: InFlight, body: memoryview, walked: bool = False
+    ) -> tuple[int, Any, int]:
         try:
-            header_size, payload = decode_response(entry.api_key, entry.api_version, body)
+            header_size, payload = decode_response(
+                entry.api_key, entry.api_version, body, walked=walked
+            )
             return header_size, payload, entry.api_version
         except ProtocolError:
             if entry.api_key != ApiKey.API_VERSIONS or entry.api_version == 0:

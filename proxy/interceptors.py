@@ -116,31 +116,26 @@ class ProducePartition:
             consumed += len(original)
             calls = 0
             rebuilt = None
+            reason = None
             if bulk is not None and (planned := bulk.headers(batch)) is not None:
                 if _surely_too_large(batch, planned[0], self.max_batch_bytes):
                     # Known before any work: the batch goes on untouched (librdkafka's
                     # default batches of ~1 MB, uncompressed, end up here).
                     bulk.skipped(batch)
-                    pieces.append(original)
-                    outcomes.append(
-                        BatchInjection(
-                            batch.record_count, first_offset, "too_large", batch.record_count
-                        )
-                    )
-                    first_offset += batch.last_offset_delta + 1
-                    continue
-                appended = append_header_to_each(batch, *planned)
-                if appended is None:
+                    reason, calls = "too_large", batch.record_count
+                elif (appended := append_header_to_each(batch, *planned)) is None:
                     bulk.rejected(batch)
                 else:
                     rebuilt, wanted_records = appended
                     bulk.added(batch, wanted_records)
                     calls = batch.record_count
-            if rebuilt is None:
-                rebuilt = add_headers(batch, counted)
-            reason = None if rebuilt is not None else "nothing_to_add"
-            if rebuilt is not None and len(rebuilt) > self.max_batch_bytes:
-                reason, rebuilt = "too_large", None
+            if reason is None:
+                if rebuilt is None:
+                    rebuilt = add_headers(batch, counted)
+                if rebuilt is None:
+                    reason = "nothing_to_add"
+                elif len(rebuilt) > self.max_batch_bytes:
+                    reason, rebuilt = "too_large", None
             pieces.append(original if rebuilt is None else rebuilt)
             outcomes.append(BatchInjection(batch.record_count, first_offset, reason, calls))
             first_offset += batch.last_offset_delta + 1
