@@ -1,8 +1,14 @@
 # kafka-trace-proxy sidecar image: build wheels in one stage, run as non-root in a slim one.
 # The final stage has no compiler, no pip cache and no wheels; the proxy runs as uid 10001.
 FROM python:3.11-slim-bookworm AS build
+# A C compiler for the compiled hot loops (proxy/codec/_speedups.c); it stays in this stage.
+# Unpinned on purpose: the toolchain of the base image's Debian release, whatever its patch level.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
 

@@ -56,6 +56,7 @@ from typing import Final, TypeAlias
 
 import crc32c
 
+from proxy.codec import native
 from proxy.codec.compression import (
     DEFAULT_MAX_DECOMPRESSED_SIZE,
     Codec,
@@ -600,10 +601,28 @@ def append_header_to_each(
     body = _alterable_body(view)
     if body is None:
         return None
+    starts: list[int] = []
+    new_body = splice_one_header_each(body, encoded, wanted, starts)
+    if new_body is None:
+        return None
+    limit = len(body)
+    log_append_time = view.max_timestamp if view.timestamp_type else None
+    records = [
+        _read_record(body, at, limit, view.base_offset, view.base_timestamp, log_append_time)
+        for at in starts
+    ]
+    return _resigned(view, new_body), records
+
+
+def splice_one_header_each_python(
+    body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
+) -> bytes | None:
+    """The records of ``body`` with ``encoded[i]`` added to record i as its only header; the
+    positions of the records at the ``wanted`` indices are appended to ``starts``. None when a
+    record already has headers (or trailing bytes). `_speedups.c` has the compiled twin."""
     limit = len(body)
     pieces: list[Buffer] = []
     append = pieces.append
-    starts: list[int] = []
     next_wanted = wanted[0] if wanted else -1
     pos = 0
     try:
@@ -664,13 +683,23 @@ def append_header_to_each(
     except IndexError:
         raise RecordBatchError("record fields run past the batch") from None
     if pos != limit:
-        raise RecordBatchError(f"{limit - pos} bytes left after {view.record_count} records")
-    log_append_time = view.max_timestamp if view.timestamp_type else None
-    records = [
-        _read_record(body, at, limit, view.base_offset, view.base_timestamp, log_append_time)
-        for at in starts
-    ]
-    return _resigned(view, b"".join(pieces)), records
+        raise RecordBatchError(f"{limit - pos} bytes left after {len(encoded)} records")
+    return b"".join(pieces)
+
+
+def _splice_one_header_each_compiled(
+    body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
+) -> bytes | None:
+    assert native.compiled is not None
+    try:
+        return native.compiled.splice_one_header_each(body, encoded, wanted, starts)
+    except ValueError as exc:
+        raise RecordBatchError(str(exc)) from None
+
+
+splice_one_header_each = (
+    _splice_one_header_each_compiled if native.compiled else splice_one_header_each_python
+)
 
 
 def _alterable_body(view: BatchView) -> memoryview | None:

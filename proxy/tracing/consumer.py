@@ -8,15 +8,18 @@ skipped. A record at an offset the same group (or client) already received is ma
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import Link, SpanKind
 
+from ..codec import native
 from ..codec.compression import CompressionError
 from ..codec.records import RECORDS_OFFSET, BatchView, Codec, RecordBatchError, RecordView
 from ..interceptors import ConnectionContext, FetchedPartition
@@ -30,8 +33,7 @@ log = logging.getLogger(__name__)
 #: From the start of a traceparent header (`WIRE_PREFIX`, as it appears in a decompressed batch
 #: body) to the last character of its flags ("00-<32>-<16>-0X").
 _FLAGS_LAST_CHAR = len(WIRE_PREFIX) + VALUE_LENGTH - 1
-#: Header plus value: where the next search may start.
-_TRACEPARENT_HEADER_SIZE = len(WIRE_PREFIX) + VALUE_LENGTH
+_PREFIX_SIZE = len(WIRE_PREFIX)
 #: Lower-case hex digits with the sampled bit (01) set.
 _SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 AGE_ATTRIBUTE = "ktp.record.age_ms"
@@ -59,21 +61,32 @@ class DeliveredOffsets:
                 self._high.popitem(last=False)
 
 
-def sampled_traceparent_positions(data: bytes, start: int, end: int) -> list[int]:
+def sampled_traceparent_positions_python(data: bytes, start: int, end: int) -> list[int]:
     """Where in ``data[start:end]`` a traceparent header with the sampled flag may start.
 
     A superset: each position still goes through the strict parser. `bytes.find` skips
-    between headers at memory speed, where a regular expression walks every byte.
+    between headers at memory speed, where a regular expression walks every byte. The search
+    goes on right after each prefix found (the prefix cannot overlap itself), so a record value
+    that happens to hold the prefix bytes cannot hide a real header that follows it.
     """
     positions: list[int] = []
+    end = min(end, len(data))
     find = data.find
     pos = find(WIRE_PREFIX, start, end)
     while pos >= 0:
         flags_at = pos + _FLAGS_LAST_CHAR
         if flags_at < end and data[flags_at] in _SAMPLED_FLAG_CHARS:
             positions.append(pos)
-        pos = find(WIRE_PREFIX, pos + _TRACEPARENT_HEADER_SIZE, end)
+        pos = find(WIRE_PREFIX, pos + _PREFIX_SIZE, end)
     return positions
+
+
+#: The compiled twin (`_speedups.c`) when built: a memchr scan, over ten times faster.
+sampled_traceparent_positions: Callable[[bytes, int, int], list[int]] = (
+    native.compiled.sampled_traceparent_positions
+    if native.compiled
+    else sampled_traceparent_positions_python
+)
 
 
 def _visible_batches(fetched: FetchedPartition) -> list[tuple[BatchView, int]]:
@@ -99,21 +112,43 @@ def _visible_batches(fetched: FetchedPartition) -> list[tuple[BatchView, int]]:
     return visible
 
 
-def _sampled_records(batch: BatchView, records: bytes, start: int) -> list[RecordView]:
-    """The records of a batch that may carry a sampled traceparent, found by a byte scan of
-    the (decompressed) body; usually none, then nothing is parsed at all."""
-    if batch.compression == Codec.NONE:
-        body_start = start + RECORDS_OFFSET
-        hits = sampled_traceparent_positions(records, body_start, start + len(batch.raw))
-        if not hits:
-            return []
-        return batch.records_containing(
-            batch.raw[RECORDS_OFFSET:], [hit - body_start for hit in hits]
-        )
-    body = batch.body()
-    data = body.obj if isinstance(body.obj, bytes) and len(body.obj) == len(body) else bytes(body)
-    hits = sampled_traceparent_positions(data, 0, len(data))
-    return batch.records_containing(body, hits) if hits else []
+def _skim(fetched: FetchedPartition, records: bytes) -> tuple[list[RecordView], int, int]:
+    """The records that may carry a sampled traceparent, the highest offset delivered, and how
+    many records were passed over unparsed.
+
+    Uncompressed batches share one byte scan of the partition's records, so a batch without a
+    hit costs only its header; compressed ones are scanned after decompressing. Usually nothing
+    is parsed at all.
+    """
+    hits = sampled_traceparent_positions(records, 0, len(records))
+    found: list[RecordView] = []
+    highest = -1
+    passed_over = 0
+    for batch, start in _visible_batches(fetched):
+        highest = max(highest, batch.base_offset + batch.last_offset_delta)
+        if batch.compression == Codec.NONE:
+            body_start = start + RECORDS_OFFSET
+            first = bisect.bisect_left(hits, body_start)
+            last = bisect.bisect_left(hits, start + len(batch.raw), first)
+            sampled = (
+                batch.records_containing(
+                    batch.raw[RECORDS_OFFSET:], [hit - body_start for hit in hits[first:last]]
+                )
+                if first < last
+                else []
+            )
+        else:
+            body = batch.body()
+            data = (
+                body.obj
+                if isinstance(body.obj, bytes) and len(body.obj) == len(body)
+                else bytes(body)
+            )
+            positions = sampled_traceparent_positions(data, 0, len(data))
+            sampled = batch.records_containing(body, positions) if positions else []
+        found += sampled
+        passed_over += batch.record_count - len(sampled)
+    return found, highest, passed_over
 
 
 class FetchTracer:
@@ -165,52 +200,51 @@ class FetchTracer:
             and core.consumer_span_mode == "parent"
         )
         skimmed = 0
-        records_blob = b""
+        records: Iterable[RecordView]
         if skim:
             raw = fetched.records
-            records_blob = raw if isinstance(raw, bytes) else bytes(raw)
-        for batch, start in _visible_batches(fetched):
-            if skim:
-                sampled = _sampled_records(batch, records_blob, start)
-                highest = max(highest, batch.base_offset + batch.last_offset_delta)
-                skimmed += batch.record_count - len(sampled)
-                records: Iterable[RecordView] = sampled
-            else:
-                records = batch.records()
-            for record in records:
-                highest = max(highest, record.offset)
-                context = core.propagation.extract(record.headers)
-                if context is None:
-                    without_context += 1
-                    continue
-                with_context += 1
-                if not core.sampler.sample_child(context.trace_id, context.sampled):
-                    continue
-                if core.consumer_span_mode == "link":
-                    if len(links) < MAX_LINKS:
-                        links.append(Link(context.span_context()))
-                    continue
-                attributes = dict(common)
-                attributes[messaging.MESSAGING_KAFKA_OFFSET] = record.offset
-                attributes[AGE_ATTRIBUTE] = max(now_ms - record.timestamp, 0)
-                if record.offset <= high:
-                    attributes[REDELIVERED_ATTRIBUTE] = True
-                key_text = printable_key(record.key)
-                if key_text is not None:
-                    attributes[messaging.MESSAGING_KAFKA_MESSAGE_KEY] = key_text
-                core.pipeline.submit(
-                    finished_span(
-                        name=name,
-                        kind=SpanKind.CONSUMER,
-                        trace_id=context.trace_id,
-                        span_id=new_span_id(),
-                        parent=context.span_context(),
-                        start_ns=now_ns,
-                        end_ns=time.time_ns(),
-                        attributes=attributes,
-                        resource=core.resource,
-                    )
+            records, skim_highest, skimmed = _skim(
+                fetched, raw if isinstance(raw, bytes) else bytes(raw)
+            )
+            highest = max(highest, skim_highest)
+        else:
+            records = itertools.chain.from_iterable(
+                batch.records() for batch, _ in _visible_batches(fetched)
+            )
+        for record in records:
+            highest = max(highest, record.offset)
+            context = core.propagation.extract(record.headers)
+            if context is None:
+                without_context += 1
+                continue
+            with_context += 1
+            if not core.sampler.sample_child(context.trace_id, context.sampled):
+                continue
+            if core.consumer_span_mode == "link":
+                if len(links) < MAX_LINKS:
+                    links.append(Link(context.span_context()))
+                continue
+            attributes = dict(common)
+            attributes[messaging.MESSAGING_KAFKA_OFFSET] = record.offset
+            attributes[AGE_ATTRIBUTE] = max(now_ms - record.timestamp, 0)
+            if record.offset <= high:
+                attributes[REDELIVERED_ATTRIBUTE] = True
+            key_text = printable_key(record.key)
+            if key_text is not None:
+                attributes[messaging.MESSAGING_KAFKA_MESSAGE_KEY] = key_text
+            core.pipeline.submit(
+                finished_span(
+                    name=name,
+                    kind=SpanKind.CONSUMER,
+                    trace_id=context.trace_id,
+                    span_id=new_span_id(),
+                    parent=context.span_context(),
+                    start_ns=now_ns,
+                    end_ns=time.time_ns(),
+                    attributes=attributes,
+                    resource=core.resource,
                 )
+            )
         if links:
             attributes = dict(common)
             attributes[messaging.MESSAGING_BATCH_MESSAGE_COUNT] = len(links)

@@ -671,9 +671,11 @@ def test_append_header_to_each_leaves_batches_with_headers_to_the_general_path()
 
 def test_append_header_to_each_rejects_lying_lengths_and_bad_crcs() -> None:
     raw = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
-    raw[61] = 0x7E  # the first record claims 63 bytes
-    with pytest.raises(RecordBatchError):
-        append_header_to_each(BatchView(bytes(raw)), [WIRE_TRACEPARENT] * 3)
+    raw[61] = 0xFE  # the first record claims more than the batch holds (CRC fixed below)
+    raw[62] = 0x7F
+    signed = with_attributes(bytes(raw), 0x10)
+    with pytest.raises(RecordBatchError, match="does not fit"):
+        append_header_to_each(BatchView(signed), [WIRE_TRACEPARENT] * 3)
     good = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
     good[-3] ^= 0xFF  # payload byte changed, CRC not updated
     with pytest.raises(RecordBatchError, match="CRC"):

@@ -196,3 +196,12 @@ def test_checks_reject_a_bad_dockerfile(check) -> None:  # type: ignore[no-untyp
     """Each structural check fails on a Dockerfile with the mistake it is for."""
     with pytest.raises(AssertionError):
         check(parse(BAD_DOCKERFILE))
+
+
+def test_the_build_stage_compiles_the_c_extension(stages: list[Stage]) -> None:
+    # Without a compiler the wheel still builds (the extension is optional), silently without
+    # the compiled hot loops: the image would trace at a higher CPU cost than benchmarked.
+    build = stages[0]
+    assert any(re.search(r"apt-get install .*\bgcc\b", run) for run in build.all("RUN"))
+    copied = [word for copy in build.all("COPY") for word in copy.split()]
+    assert "setup.py" in copied, copied

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from proxy.cli import warn_if_not_compiled
+from proxy.codec import native
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,3 +60,18 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "kafka-trace-proxy"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "kafka-trace-proxy" in result.stdout
+
+
+def test_a_missing_c_extension_is_reported_not_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(native, "compiled", None)
+    with caplog.at_level(logging.WARNING, logger="proxy"):
+        warn_if_not_compiled()
+    assert "pure Python" in caplog.text and "C compiler" in caplog.text
+
+
+def test_nothing_is_said_when_the_c_extension_is_built(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="proxy"):
+        warn_if_not_compiled()
+    assert caplog.text == ""

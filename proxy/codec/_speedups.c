@@ -1,0 +1,333 @@
+/* Compiled versions of the two loops that run once per record on the proxy's hot path.
+ *
+ * Each function does exactly what its pure-Python twin does (same results, the same inputs
+ * refused), only faster; the Python modules fall back to the twins when this extension is not
+ * built. The twins, which document the logic:
+ *
+ *   sampled_traceparent_positions  proxy/tracing/consumer.py  (find sampled contexts in records)
+ *   splice_one_header_each         proxy/codec/records.py     (append_header_to_each's loop)
+ *
+ * The input is a peer's bytes: every read is bounds-checked, malformed input raises ValueError
+ * (the callers turn it into RecordBatchError), and nothing here keeps a reference or state.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+/* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
+static const unsigned char WIRE_PREFIX[] = "\x16traceparent\x6e";
+#define WIRE_PREFIX_SIZE 13
+/* From the start of the prefix to the last character of the flags ("00-<32>-<16>-0X"). */
+#define FLAGS_LAST_CHAR (WIRE_PREFIX_SIZE + 55 - 1)
+
+#define MAX_VARINT_BYTES 5
+
+static int
+is_sampled_flag_char(unsigned char c)
+{
+    /* Lower-case hex digits with the sampled bit (01) set. */
+    switch (c) {
+    case '1': case '3': case '5': case '7': case '9': case 'b': case 'd': case 'f':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+PyDoc_STRVAR(sampled_traceparent_positions_doc,
+"sampled_traceparent_positions(data, start, end) -> list[int]\n\n"
+"Where in data[start:end] a traceparent header with the sampled flag may start.");
+
+static PyObject *
+sampled_traceparent_positions(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &start, &end)) {
+        return NULL;
+    }
+    const unsigned char *data = view.buf;
+    /* Clamp like slicing does (the twin's bytes.find clamps the same way). */
+    if (end > view.len) {
+        end = view.len;
+    }
+    if (start < 0 || end < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+        return NULL;
+    }
+    PyObject *positions = PyList_New(0);
+    if (positions == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Py_ssize_t pos = start;
+    while (end - pos >= WIRE_PREFIX_SIZE) {
+        const unsigned char *hit = memchr(data + pos, WIRE_PREFIX[0],
+                                          (size_t)(end - pos - WIRE_PREFIX_SIZE + 1));
+        if (hit == NULL) {
+            break;
+        }
+        pos = hit - data;
+        if (memcmp(hit + 1, WIRE_PREFIX + 1, WIRE_PREFIX_SIZE - 1) != 0) {
+            pos += 1;
+            continue;
+        }
+        Py_ssize_t flags_at = pos + FLAGS_LAST_CHAR;
+        if (flags_at < end && is_sampled_flag_char(data[flags_at])) {
+            PyObject *found = PyLong_FromSsize_t(pos);
+            if (found == NULL || PyList_Append(positions, found) < 0) {
+                Py_XDECREF(found);
+                Py_DECREF(positions);
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+            Py_DECREF(found);
+        }
+        pos += WIRE_PREFIX_SIZE; /* the prefix cannot overlap itself */
+    }
+    PyBuffer_Release(&view);
+    return positions;
+}
+
+/* One zig-zag varint of at most max_bytes bytes at *pos, ending before limit. 0 on success
+ * (value decoded, *pos after it), -1 with ValueError set. */
+static int
+read_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max_bytes,
+            int64_t *value)
+{
+    Py_ssize_t at = *pos;
+    Py_ssize_t stop = at + max_bytes;
+    if (stop > limit) {
+        stop = limit;
+    }
+    uint64_t raw = 0;
+    int shift = 0;
+    while (at < stop) {
+        unsigned char byte = buf[at++];
+        raw |= (uint64_t)(byte & 0x7F) << shift;
+        if (byte < 0x80) {
+            *value = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
+            *pos = at;
+            return 0;
+        }
+        shift += 7;
+    }
+    PyErr_SetString(PyExc_ValueError, stop - *pos < max_bytes
+                    ? "truncated varint" : "varint longer than 5 bytes");
+    return -1;
+}
+
+static Py_ssize_t
+write_varint(unsigned char *out, int64_t value)
+{
+    uint64_t raw = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    Py_ssize_t n = 0;
+    while (raw >= 0x80) {
+        out[n++] = (unsigned char)((raw & 0x7F) | 0x80);
+        raw >>= 7;
+    }
+    out[n++] = (unsigned char)raw;
+    return n;
+}
+
+static PyObject *
+past_the_batch(void)
+{
+    PyErr_SetString(PyExc_ValueError, "record fields run past the batch");
+    return NULL;
+}
+
+/* The body of splice_one_header_each, with every buffer already acquired. Returns the new body
+ * (a bytes object), Py_None (new reference) when a record has headers or trailing bytes, or NULL
+ * with an exception set. starts receives the positions of the wanted records. */
+static PyObject *
+splice(const unsigned char *body, Py_ssize_t limit, PyObject *encoded, PyObject *wanted,
+       PyObject *starts)
+{
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(encoded);
+    PyObject **added = PySequence_Fast_ITEMS(encoded);
+    Py_ssize_t wanted_count = PySequence_Fast_GET_SIZE(wanted);
+    PyObject **wanted_items = PySequence_Fast_ITEMS(wanted);
+
+    Py_ssize_t extra = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!PyBytes_Check(added[i])) {
+            PyErr_SetString(PyExc_TypeError, "encoded headers must be bytes");
+            return NULL;
+        }
+        extra += PyBytes_GET_SIZE(added[i]) + 10; /* a longer length varint: 10 at most */
+    }
+    if (limit > PY_SSIZE_T_MAX - extra) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, limit + extra);
+    if (result == NULL) {
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    Py_ssize_t written = 0;
+
+    Py_ssize_t next_wanted_index = 0;
+    Py_ssize_t next_wanted = -1;
+    if (wanted_count) {
+        next_wanted = PyLong_AsSsize_t(wanted_items[0]);
+        if (next_wanted == -1 && PyErr_Occurred()) {
+            goto fail;
+        }
+    }
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        if (index == next_wanted) {
+            PyObject *at = PyLong_FromSsize_t(pos);
+            if (at == NULL || PyList_Append(starts, at) < 0) {
+                Py_XDECREF(at);
+                goto fail;
+            }
+            Py_DECREF(at);
+            next_wanted_index++;
+            next_wanted = -1;
+            if (next_wanted_index < wanted_count) {
+                next_wanted = PyLong_AsSsize_t(wanted_items[next_wanted_index]);
+                if (next_wanted == -1 && PyErr_Occurred()) {
+                    goto fail;
+                }
+            }
+        }
+        if (pos >= limit) {
+            past_the_batch();
+            goto fail;
+        }
+        int64_t length;
+        Py_ssize_t start = pos;
+        if (read_varint(body, &start, limit, MAX_VARINT_BYTES, &length) < 0) {
+            goto fail;
+        }
+        if (length <= 0 || length > limit - start) {
+            PyErr_Format(PyExc_ValueError, "record length %lld does not fit the batch",
+                         (long long)length);
+            goto fail;
+        }
+        Py_ssize_t end = start + (Py_ssize_t)length;
+        Py_ssize_t field = start + 1; /* attributes */
+        for (int varint = 0; varint < 2; varint++) { /* timestamp delta, offset delta */
+            while (field < limit && (body[field] & 0x80)) {
+                field++;
+            }
+            if (field >= limit) {
+                past_the_batch();
+                goto fail;
+            }
+            field++;
+        }
+        for (int sized = 0; sized < 2; sized++) { /* key, then value: length and bytes */
+            if (field >= limit) {
+                past_the_batch();
+                goto fail;
+            }
+            int64_t size;
+            if (body[field] < 0x80) {
+                size = (body[field] >> 1) ^ -(int64_t)(body[field] & 1);
+                field++;
+            } else if (sized == 1 && field + 1 < limit && body[field + 1] < 0x80) {
+                /* The twin reads a two-byte value length past the record's end too. */
+                uint64_t raw = (uint64_t)(body[field] & 0x7F) | ((uint64_t)body[field + 1] << 7);
+                size = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
+                field += 2;
+            } else if (sized == 1 && field + 1 >= limit) {
+                past_the_batch();
+                goto fail;
+            } else if (read_varint(body, &field, end, MAX_VARINT_BYTES, &size) < 0) {
+                goto fail;
+            }
+            if (size >= 0) {
+                if (size > limit) { /* far past the record: refused below either way */
+                    size = limit;
+                }
+                field += (Py_ssize_t)size;
+            }
+        }
+        if (field != end - 1 || body[field] != 0) {
+            if (field >= end) {
+                PyErr_SetString(PyExc_ValueError, "record fields run past the record");
+                goto fail;
+            }
+            Py_DECREF(result);
+            Py_RETURN_NONE; /* the record has headers (or trailing bytes): the general path */
+        }
+        Py_ssize_t added_size = PyBytes_GET_SIZE(added[index]);
+        written += write_varint(out + written, length + added_size);
+        memcpy(out + written, body + start, (size_t)(field - start));
+        written += field - start;
+        out[written++] = 0x02; /* header count 1, zig-zag */
+        memcpy(out + written, PyBytes_AS_STRING(added[index]), (size_t)added_size);
+        written += added_size;
+        pos = end;
+    }
+    if (pos != limit) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes left after %zd records", limit - pos, count);
+        goto fail;
+    }
+    if (_PyBytes_Resize(&result, written) < 0) {
+        return NULL;
+    }
+    return result;
+
+fail:
+    Py_DECREF(result);
+    return NULL;
+}
+
+PyDoc_STRVAR(splice_one_header_each_doc,
+"splice_one_header_each(body, encoded, wanted) -> bytes | None\n\n"
+"The records of body with encoded[i] (one header in wire form) added to record i; the\n"
+"positions of the records at the wanted indices are appended to the list `starts`.");
+
+static PyObject *
+splice_one_header_each(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    PyObject *encoded_arg, *wanted_arg, *starts;
+    if (!PyArg_ParseTuple(args, "y*OOO!", &view, &encoded_arg, &wanted_arg, &PyList_Type,
+                          &starts)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PyObject *encoded = PySequence_Fast(encoded_arg, "encoded must be a sequence");
+    PyObject *wanted = encoded ? PySequence_Fast(wanted_arg, "wanted must be a sequence") : NULL;
+    if (encoded != NULL && wanted != NULL) {
+        result = splice(view.buf, view.len, encoded, wanted, starts);
+    }
+    Py_XDECREF(wanted);
+    Py_XDECREF(encoded);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef speedups_methods[] = {
+    {"sampled_traceparent_positions", sampled_traceparent_positions, METH_VARARGS,
+     sampled_traceparent_positions_doc},
+    {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "proxy.codec._speedups",
+    "Compiled twins of the per-record loops of the codec and the fetch skim.",
+    -1,
+    speedups_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&speedups_module);
+}

@@ -1,0 +1,17 @@
+"""The compiled part of the package: proxy.codec._speedups (see its source for why).
+
+Optional: where no C compiler is available the build goes on without it and the proxy uses the
+pure-Python twins of the same functions (`python -m proxy --version` says which).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "proxy.codec._speedups",
+            sources=["proxy/codec/_speedups.c"],
+            optional=True,
+        )
+    ]
+)
