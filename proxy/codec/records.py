@@ -52,7 +52,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 import crc32c
 
@@ -473,26 +473,62 @@ class BatchView:
         )
 
 
-def iter_batches(
-    records: Buffer, *, max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
-) -> Iterator[BatchView]:
-    """Yield each complete batch of a partition's ``records`` field.
+class BatchHeader(NamedTuple):
+    """Where one batch lies in a partition's records, and the header fields a reader picks
+    batches by: read without building a `BatchView`, for walks that pass most batches by."""
+
+    start: int
+    end: int
+    base_offset: int
+    magic: int
+    attributes: int
+    last_offset_delta: int
+    producer_id: int
+    record_count: int
+
+
+def iter_batch_headers(records: Buffer) -> Iterator[BatchHeader]:
+    """The header of each complete batch of a partition's ``records`` field.
 
     A truncated final batch is normal (a fetch response is cut at a byte limit) and is skipped;
-    a length that cannot be right raises RecordBatchError.
+    a length that cannot be right, an unknown magic or a v2 batch shorter than its header raise
+    RecordBatchError.
     """
-    view = memoryview(records) if not isinstance(records, memoryview) else records
     pos = 0
-    total = len(view)
+    total = len(records)
     while total - pos >= LOG_OVERHEAD:
-        _, batch_length = _OFFSET_AND_LENGTH.unpack_from(view, pos)
+        base_offset, batch_length = _OFFSET_AND_LENGTH.unpack_from(records, pos)
         if batch_length < MIN_LEGACY_MESSAGE_SIZE:
             raise RecordBatchError(f"batch length {batch_length} at byte {pos} is impossible")
         end = pos + LOG_OVERHEAD + batch_length
         if end > total:
             return
-        yield BatchView(view[pos:end], max_decompressed_size=max_decompressed_size)
+        magic = records[pos + MAGIC_OFFSET]
+        if magic < 2:
+            attributes = records[pos + MAGIC_OFFSET + 1]
+            yield BatchHeader(pos, end, base_offset, magic, attributes, 0, -1, 0)
+        elif magic != 2:
+            raise RecordBatchError(f"unknown magic {magic}")
+        elif end - pos < RECORDS_OFFSET:
+            raise RecordBatchError(f"{end - pos} bytes is too short for a v2 batch")
+        else:
+            fields = _BATCH_HEADER.unpack_from(records, pos)
+            yield BatchHeader(
+                pos, end, base_offset, magic, fields[5], fields[6], fields[9], fields[12]
+            )
         pos = end
+
+
+def iter_batches(
+    records: Buffer, *, max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED_SIZE
+) -> Iterator[BatchView]:
+    """Yield each complete batch of a partition's ``records`` field (see `iter_batch_headers`
+    for what is skipped and what raises)."""
+    view = memoryview(records) if not isinstance(records, memoryview) else records
+    for header in iter_batch_headers(view):
+        yield BatchView(
+            view[header.start : header.end], max_decompressed_size=max_decompressed_size
+        )
 
 
 @dataclass(frozen=True, slots=True)

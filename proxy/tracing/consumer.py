@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import bisect
 import collections
-import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import server_attributes
@@ -21,7 +20,18 @@ from opentelemetry.trace import Link, SpanKind
 
 from ..codec import native
 from ..codec.compression import CompressionError
-from ..codec.records import RECORDS_OFFSET, BatchView, Codec, RecordBatchError, RecordView
+from ..codec.records import (
+    CODEC_MASK,
+    CONTROL_FLAG,
+    RECORDS_OFFSET,
+    TRANSACTIONAL_FLAG,
+    BatchHeader,
+    BatchView,
+    Codec,
+    RecordBatchError,
+    RecordView,
+    iter_batch_headers,
+)
 from ..interceptors import ConnectionContext, FetchedPartition
 from ..metrics import Metrics
 from .core import TracingCore
@@ -89,26 +99,23 @@ sampled_traceparent_positions: Callable[[bytes, int, int], list[int]] = (
 )
 
 
-def _visible_batches(fetched: FetchedPartition) -> list[tuple[BatchView, int]]:
-    """Data batches a consumer will see, with where each starts in the partition's records:
-    no control batches, no aborted transactions."""
+def _visible_batches(fetched: FetchedPartition) -> list[BatchHeader]:
+    """Data batches a consumer will see: no legacy or control batches, no aborted
+    transactions."""
     aborted = sorted(fetched.aborted_transactions, key=lambda a: a[1])
     aborting: set[int] = set()
     visible = []
-    start = 0
-    for batch in fetched.batches():
-        batch_start = start
-        start += len(batch.raw)
-        if batch.is_legacy:
+    for header in iter_batch_headers(fetched.records):
+        if header.magic < 2:
             continue
-        while aborted and aborted[0][1] <= batch.base_offset:
+        while aborted and aborted[0][1] <= header.base_offset:
             aborting.add(aborted.pop(0)[0])
-        if batch.is_control:
-            aborting.discard(batch.producer_id)  # an abort marker ends that transaction
+        if header.attributes & CONTROL_FLAG:
+            aborting.discard(header.producer_id)  # an abort marker ends that transaction
             continue
-        if batch.is_transactional and batch.producer_id in aborting:
+        if header.attributes & TRANSACTIONAL_FLAG and header.producer_id in aborting:
             continue
-        visible.append((batch, batch_start))
+        visible.append(header)
     return visible
 
 
@@ -121,23 +128,25 @@ def _skim(fetched: FetchedPartition, records: bytes) -> tuple[list[RecordView], 
     is parsed at all.
     """
     hits = sampled_traceparent_positions(records, 0, len(records))
+    view = memoryview(records)
     found: list[RecordView] = []
     highest = -1
     passed_over = 0
-    for batch, start in _visible_batches(fetched):
-        highest = max(highest, batch.base_offset + batch.last_offset_delta)
-        if batch.compression == Codec.NONE:
+    bisect_left = bisect.bisect_left
+    for header in _visible_batches(fetched):
+        start, end = header.start, header.end
+        highest = max(highest, header.base_offset + header.last_offset_delta)
+        sampled: list[RecordView] = []
+        if header.attributes & CODEC_MASK == Codec.NONE:
             body_start = start + RECORDS_OFFSET
-            first = bisect.bisect_left(hits, body_start)
-            last = bisect.bisect_left(hits, start + len(batch.raw), first)
-            sampled = (
-                batch.records_containing(
-                    batch.raw[RECORDS_OFFSET:], [hit - body_start for hit in hits[first:last]]
+            first = bisect_left(hits, body_start)
+            last = bisect_left(hits, end, first)
+            if first < last:
+                sampled = BatchView(view[start:end]).records_containing(
+                    view[body_start:end], [hit - body_start for hit in hits[first:last]]
                 )
-                if first < last
-                else []
-            )
         else:
+            batch = BatchView(view[start:end])
             body = batch.body()
             data = (
                 body.obj
@@ -145,10 +154,18 @@ def _skim(fetched: FetchedPartition, records: bytes) -> tuple[list[RecordView], 
                 else bytes(body)
             )
             positions = sampled_traceparent_positions(data, 0, len(data))
-            sampled = batch.records_containing(body, positions) if positions else []
+            if positions:
+                sampled = batch.records_containing(body, positions)
         found += sampled
-        passed_over += batch.record_count - len(sampled)
+        passed_over += header.record_count - len(sampled)
     return found, highest, passed_over
+
+
+def _visible_records(fetched: FetchedPartition) -> Iterator[RecordView]:
+    """Every record of the visible batches, parsed."""
+    view = memoryview(fetched.records)
+    for header in _visible_batches(fetched):
+        yield from BatchView(view[header.start : header.end]).records()
 
 
 class FetchTracer:
@@ -208,9 +225,7 @@ class FetchTracer:
             )
             highest = max(highest, skim_highest)
         else:
-            records = itertools.chain.from_iterable(
-                batch.records() for batch, _ in _visible_batches(fetched)
-            )
+            records = _visible_records(fetched)
         for record in records:
             highest = max(highest, record.offset)
             context = core.propagation.extract(record.headers)

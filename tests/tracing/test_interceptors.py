@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 
+import crc32c
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -277,6 +278,56 @@ def test_only_the_records_with_a_sampled_context_get_spans_when_skimming(
     # Record 12 looked sampled to the byte scan, so it was parsed too: its real header is not.
     assert harness.metrics.value("records_traced", side="fetch", outcome="skimmed") == 37
     assert harness.metrics.value("records_traced", side="fetch", outcome="context") == 3
+
+
+def transactional_batch(base_offset: int, count: int, *, control: bool = False) -> bytes:
+    """Records of producer 7's transaction (sampled contexts), or its commit/abort marker."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=True,
+        producer_id=7,
+        producer_epoch=0,
+        base_sequence=base_offset,
+        batch_size=1 << 20,
+    )
+    for i in range(count):
+        headers = [] if control else [("traceparent", format_traceparent(500 + i, 8, True))]
+        builder.append(i, timestamp=1_700_000_000_000, key=None, value=b"x", headers=headers)
+    batch = bytearray(builder.build())
+    batch[0:8] = base_offset.to_bytes(8, "big")  # not covered by the CRC
+    if control:
+        batch[22] |= 0x20
+        batch[17:21] = crc32c.crc32c(bytes(batch[21:])).to_bytes(4, "big")
+    return bytes(batch)
+
+
+@pytest.mark.parametrize("mode", ["parent", "link"])
+def test_records_of_an_aborted_transaction_get_no_spans(mode: str) -> None:
+    # Offsets 0-2: a transaction that was aborted (its marker at 3); 4-5: the producer's next
+    # transaction; 6: a plain batch. A read_committed consumer sees 4, 5 and 6 only.
+    h = Harness(mode=mode)
+    plain = bytearray(
+        build_batch([(None, b"x", [("traceparent", format_traceparent(9, 8, True))])])
+    )
+    plain[0:8] = (6).to_bytes(8, "big")
+    records = (
+        transactional_batch(0, 3)
+        + transactional_batch(3, 1, control=True)
+        + transactional_batch(4, 2)
+        + bytes(plain)
+    )
+    h.consumer.on_fetch_response(h.ctx, fetched(records, aborted=((7, 0),)))
+    spans = h.spans()
+    if mode == "link":
+        (span,) = spans
+        assert sorted(link.context.trace_id for link in span.links) == [9, 500, 501]
+    else:
+        assert sorted(s.attributes["messaging.kafka.offset"] for s in spans) == [4, 5, 6]
+    # Without the aborted transaction every data record is seen.
+    h2 = Harness(mode=mode)
+    h2.consumer.on_fetch_response(h2.ctx, fetched(records))
+    assert sum(max(len(s.links), 1) for s in h2.spans()) == 6
 
 
 def test_plain_and_instrumented_batches_in_one_request_keep_their_spans_apart() -> None:
