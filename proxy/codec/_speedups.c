@@ -1,11 +1,12 @@
-/* Compiled versions of the two loops that run once per record on the proxy's hot path.
+/* Compiled versions of the loops that run once per record on the proxy's hot path.
  *
  * Each function does exactly what its pure-Python twin does (same results, the same inputs
  * refused), only faster; the Python modules fall back to the twins when this extension is not
  * built. The twins, which document the logic:
  *
- *   sampled_traceparent_positions  proxy/tracing/consumer.py  (find sampled contexts in records)
- *   splice_one_header_each         proxy/codec/records.py     (append_header_to_each's loop)
+ *   sampled_traceparent_positions  proxy/tracing/consumer.py     (find sampled contexts in records)
+ *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
+ *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
  *
  * The input is a peer's bytes: every read is bounds-checked, malformed input raises ValueError
  * (the callers turn it into RecordBatchError), and nothing here keeps a reference or state.
@@ -307,10 +308,152 @@ splice_one_header_each(PyObject *module, PyObject *args)
     return result;
 }
 
+/* One root context: "\x16traceparent\x6e" "00-" 32 hex "-" 16 hex "-0X". */
+#define ROOT_HEADER_SIZE (WIRE_PREFIX_SIZE + 55)
+#define RANDOM_PER_ROOT 24 /* 16 bytes of trace id, 8 of span id */
+
+static const char HEX[] = "0123456789abcdef";
+
+static void
+write_hex(char *out, const unsigned char *bytes, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[2 * i] = HEX[bytes[i] >> 4];
+        out[2 * i + 1] = HEX[bytes[i] & 0x0F];
+    }
+}
+
+static int
+all_zero(const unsigned char *bytes, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (bytes[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A big-endian unsigned integer of n <= 16 bytes as a Python int. */
+static PyObject *
+int_from_big_endian(const unsigned char *bytes, Py_ssize_t n)
+{
+    unsigned long long high = 0, low = 0;
+    Py_ssize_t split = n > 8 ? n - 8 : 0;
+    for (Py_ssize_t i = 0; i < split; i++) {
+        high = (high << 8) | bytes[i];
+    }
+    for (Py_ssize_t i = split; i < n; i++) {
+        low = (low << 8) | bytes[i];
+    }
+    if (split == 0) {
+        return PyLong_FromUnsignedLongLong(low);
+    }
+    PyObject *result = NULL;
+    PyObject *high_int = PyLong_FromUnsignedLongLong(high);
+    PyObject *low_int = PyLong_FromUnsignedLongLong(low);
+    PyObject *shift = PyLong_FromLong(64);
+    if (high_int != NULL && low_int != NULL && shift != NULL) {
+        PyObject *shifted = PyNumber_Lshift(high_int, shift);
+        if (shifted != NULL) {
+            result = PyNumber_Or(shifted, low_int);
+            Py_DECREF(shifted);
+        }
+    }
+    Py_XDECREF(high_int);
+    Py_XDECREF(low_int);
+    Py_XDECREF(shift);
+    return result;
+}
+
+PyDoc_STRVAR(root_traceparents_doc,
+"root_traceparents(random, threshold) -> tuple[list[bytes], list[tuple[int, int, int]]] | None\n\n"
+"One root traceparent header (wire form) per 24 random bytes, and (index, trace id, span id)\n"
+"of the sampled ones; None when an id would be all zeros (the caller draws again).");
+
+static PyObject *
+root_traceparents(PyObject *module, PyObject *args)
+{
+    Py_buffer random_view;
+    PyObject *threshold_arg;
+    if (!PyArg_ParseTuple(args, "y*O", &random_view, &threshold_arg)) {
+        return NULL;
+    }
+    const unsigned char *threshold = NULL;
+    if (threshold_arg != Py_None) {
+        if (!PyBytes_Check(threshold_arg) || PyBytes_GET_SIZE(threshold_arg) != 16) {
+            PyBuffer_Release(&random_view);
+            PyErr_SetString(PyExc_TypeError, "threshold must be 16 hex digits (bytes) or None");
+            return NULL;
+        }
+        threshold = (const unsigned char *)PyBytes_AS_STRING(threshold_arg);
+    }
+    if (random_view.len % RANDOM_PER_ROOT) {
+        PyBuffer_Release(&random_view);
+        PyErr_SetString(PyExc_ValueError, "random must hold 24 bytes per context");
+        return NULL;
+    }
+    Py_ssize_t count = random_view.len / RANDOM_PER_ROOT;
+    const unsigned char *random = random_view.buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *ids = random + i * RANDOM_PER_ROOT;
+        if (all_zero(ids, 16) || all_zero(ids + 16, 8)) {
+            PyBuffer_Release(&random_view);
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *headers = PyList_New(count);
+    PyObject *sampled = PyList_New(0);
+    if (headers == NULL || sampled == NULL) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *ids = random + i * RANDOM_PER_ROOT;
+        PyObject *header = PyBytes_FromStringAndSize(NULL, ROOT_HEADER_SIZE);
+        if (header == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(headers, i, header);
+        char *out = PyBytes_AS_STRING(header);
+        memcpy(out, WIRE_PREFIX, WIRE_PREFIX_SIZE);
+        char *trace_hex = out + WIRE_PREFIX_SIZE + 3;
+        memcpy(out + WIRE_PREFIX_SIZE, "00-", 3);
+        write_hex(trace_hex, ids, 16);
+        trace_hex[32] = '-';
+        write_hex(trace_hex + 33, ids + 16, 8);
+        int is_sampled = threshold == NULL
+            || memcmp(trace_hex + 16, threshold, 16) < 0; /* the low 16 hex digits */
+        memcpy(trace_hex + 49, is_sampled ? "-01" : "-00", 3);
+        if (is_sampled) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            PyObject *trace_id = index ? int_from_big_endian(ids, 16) : NULL;
+            PyObject *span_id = trace_id ? int_from_big_endian(ids + 16, 8) : NULL;
+            PyObject *entry = span_id ? PyTuple_Pack(3, index, trace_id, span_id) : NULL;
+            Py_XDECREF(index);
+            Py_XDECREF(trace_id);
+            Py_XDECREF(span_id);
+            if (entry == NULL || PyList_Append(sampled, entry) < 0) {
+                Py_XDECREF(entry);
+                goto fail;
+            }
+            Py_DECREF(entry);
+        }
+    }
+    PyBuffer_Release(&random_view);
+    return Py_BuildValue("(NN)", headers, sampled);
+
+fail:
+    Py_XDECREF(headers);
+    Py_XDECREF(sampled);
+    PyBuffer_Release(&random_view);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"sampled_traceparent_positions", sampled_traceparent_positions, METH_VARARGS,
      sampled_traceparent_positions_doc},
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
+    {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import re
 
+from ..codec import native
+
 TRACEPARENT = "traceparent"
 _PATTERN = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _MAX_LENGTH = 512  # future versions may append fields; anything longer is junk
@@ -52,13 +54,26 @@ def new_root_traceparents(
     (index, trace id, span id) of the sampled ones.
 
     The hot path of producing at low sampling ratios: ids come from one random draw per batch
-    as hex, sampling compares the low 16 hex digits with ``threshold`` (see
-    `Sampler.root_hex_threshold`; None samples all), and only sampled ids become integers.
+    (24 bytes a context), sampling compares the low 16 hex digits of the trace id with
+    ``threshold`` (see `Sampler.root_hex_threshold`; None samples all), and only sampled ids
+    become integers. The compiled twin (`_speedups.c`) does the formatting when built.
     """
-    digits = random.randbytes(24 * count).hex().encode()
+    drawn = random.randbytes(24 * count)
+    if native.compiled is not None:
+        made = native.compiled.root_traceparents(drawn, threshold)
+        if made is not None:  # None: an all-zero id, which the Python twin draws again
+            return made
+    return root_traceparents_python(drawn, threshold)
+
+
+def root_traceparents_python(
+    drawn: bytes, threshold: bytes | None
+) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+    """`new_root_traceparents` from the random bytes already drawn."""
+    digits = drawn.hex().encode()
     headers: list[bytes] = []
     sampled: list[tuple[int, int, int]] = []
-    for index in range(count):
+    for index in range(len(drawn) // 24):
         at = 48 * index
         trace_hex = digits[at : at + 32]
         span_hex = digits[at + 32 : at + 48]

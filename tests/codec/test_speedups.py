@@ -3,8 +3,8 @@
 Both must give the same answer for every input, well-formed or not: the same bytes, the same
 "not applicable" (None), or an error (RecordBatchError) for the same inputs. The inputs are batch
 bodies written by real clients (librdkafka captures, kafka-python), then cut, flipped and given
-lying lengths; and byte strings holding traceparent headers with every flag value, near the ends
-of the window scanned and behind look-alike prefixes.
+lying lengths; byte strings holding traceparent headers with every flag value, near the ends
+of the window scanned and behind look-alike prefixes; and random draws for new root contexts.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from proxy.codec.records import (
     splice_one_header_each_python,
 )
 from proxy.tracing.consumer import sampled_traceparent_positions_python
-from proxy.tracing.traceparent import WIRE_PREFIX, format_traceparent
+from proxy.tracing.traceparent import (
+    WIRE_PREFIX,
+    format_traceparent,
+    parse_traceparent,
+    root_traceparents_python,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HEADER = WIRE_PREFIX + format_traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B71, True)
@@ -197,3 +202,48 @@ def test_a_look_alike_prefix_in_a_value_does_not_hide_the_header_after_it() -> N
 @settings(max_examples=400, deadline=None)
 def test_scan_matches_on_any_bytes(pieces: list[bytes], start: int, end: int) -> None:
     assert_same_scan(b"".join(pieces), start, end)
+
+
+# --- root_traceparents -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(compiled is None, reason="the C extension is not built")
+@given(
+    drawn=st.lists(st.binary(min_size=24, max_size=24), max_size=40).map(b"".join),
+    threshold=st.one_of(
+        st.none(),
+        st.integers(0, (1 << 64) - 1).map(lambda bound: b"%016x" % bound),
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_root_contexts_match(drawn: bytes, threshold: bytes | None) -> None:
+    assert compiled is not None
+    made = compiled.root_traceparents(drawn, threshold)
+    if made is None:  # an all-zero id: the Python twin draws that one again
+        assert any(
+            drawn[at : at + 16] == bytes(16) or drawn[at + 16 : at + 24] == bytes(8)
+            for at in range(0, len(drawn), 24)
+        )
+        return
+    assert made == root_traceparents_python(drawn, threshold)
+
+
+@pytest.mark.skipif(compiled is None, reason="the C extension is not built")
+def test_root_contexts_are_valid_sampled_by_threshold_and_never_zero() -> None:
+    assert compiled is not None
+    drawn = bytes(range(48)) + bytes(range(200, 224))
+    headers, sampled = compiled.root_traceparents(drawn, b"8000000000000000")
+    assert [len(h) for h in headers] == [68, 68, 68]
+    contexts = [parse_traceparent(h[len(WIRE_PREFIX) :]) for h in headers]
+    assert contexts[0] == (
+        int.from_bytes(drawn[:16], "big"),
+        int.from_bytes(drawn[16:24], "big"),
+        True,
+    )
+    # Sampled when the trace id's low 64 bits are below the bound: 0x08..0f yes, 0xd0..d7 no.
+    assert [c[2] for c in contexts if c] == [True, True, False]
+    assert sampled == [(i, *contexts[i][:2]) for i in (0, 1)]
+    assert compiled.root_traceparents(bytes(24), None) is None
+    assert compiled.root_traceparents(b"\x01" * 16 + bytes(8), None) is None
+    with pytest.raises(ValueError):
+        compiled.root_traceparents(bytes(25), None)
