@@ -79,8 +79,8 @@ def warn_if_not_compiled() -> None:
     the proxy noticeably more CPU, which an operator would otherwise have to guess at."""
     if native.compiled is None:
         log.warning(
-            "running the record loops in %s: install with a C compiler present for the "
-            "compiled ones (about half the CPU per traced MiB fetched)",
+            "running the record loops in %s: tracing takes about twice the CPU per MiB "
+            "fetched; install with a C compiler present for the compiled ones",
             native.describe(),
         )
 
