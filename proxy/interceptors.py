@@ -117,7 +117,11 @@ class ProducePartition:
             calls = 0
             rebuilt = None
             reason = None
-            if bulk is not None and (planned := bulk.headers(batch)) is not None:
+            if (
+                bulk is not None
+                and batch.record_count_is_possible()
+                and (planned := bulk.headers(batch)) is not None
+            ):
                 if _surely_too_large(batch, planned[0], self.max_batch_bytes):
                     # Known before any work: the batch goes on untouched (librdkafka's
                     # default batches of ~1 MB, uncompressed, end up here).

@@ -51,14 +51,13 @@ sampled_traceparent_positions(PyObject *module, PyObject *args)
         return NULL;
     }
     const unsigned char *data = view.buf;
-    /* Clamp like slicing does (the twin's bytes.find clamps the same way). */
-    if (end > view.len) {
-        end = view.len;
-    }
-    if (start < 0 || end < 0) {
+    if (start < 0 || end < 0) { /* the twin refuses them too (no from-the-end indexing) */
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
         return NULL;
+    }
+    if (end > view.len) { /* an end past the data means the end of the data, as in the twin */
+        end = view.len;
     }
     PyObject *positions = PyList_New(0);
     if (positions == NULL) {
@@ -160,7 +159,11 @@ splice(const unsigned char *body, Py_ssize_t limit, PyObject *encoded, PyObject 
             PyErr_SetString(PyExc_TypeError, "encoded headers must be bytes");
             return NULL;
         }
-        extra += PyBytes_GET_SIZE(added[i]) + 10; /* a longer length varint: 10 at most */
+        /* Room for the header and a longer length varint (10 bytes at most). */
+        if (PyBytes_GET_SIZE(added[i]) > PY_SSIZE_T_MAX - 10 - extra) {
+            return PyErr_NoMemory();
+        }
+        extra += PyBytes_GET_SIZE(added[i]) + 10;
     }
     if (limit > PY_SSIZE_T_MAX - extra) {
         return PyErr_NoMemory();
@@ -283,9 +286,11 @@ fail:
 }
 
 PyDoc_STRVAR(splice_one_header_each_doc,
-"splice_one_header_each(body, encoded, wanted) -> bytes | None\n\n"
+"splice_one_header_each(body, encoded, wanted, starts) -> bytes | None\n\n"
 "The records of body with encoded[i] (one header in wire form) added to record i; the\n"
-"positions of the records at the wanted indices are appended to the list `starts`.");
+"positions of the records at the wanted indices are appended to the list `starts`.\n"
+"Preconditions (the twin's callers meet them too): encoded holds bytes, wanted ascending\n"
+"ints, starts an empty list of its own.");
 
 static PyObject *
 splice_one_header_each(PyObject *module, PyObject *args)
@@ -294,6 +299,12 @@ splice_one_header_each(PyObject *module, PyObject *args)
     PyObject *encoded_arg, *wanted_arg, *starts;
     if (!PyArg_ParseTuple(args, "y*OOO!", &view, &encoded_arg, &wanted_arg, &PyList_Type,
                           &starts)) {
+        return NULL;
+    }
+    if (starts == encoded_arg || starts == wanted_arg) {
+        /* Appending to starts must not move the items of a list this function reads. */
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "starts must be a list of its own");
         return NULL;
     }
     PyObject *result = NULL;

@@ -84,6 +84,9 @@ ATTRIBUTES_OFFSET: Final = 21  # the CRC covers everything from here on
 RECORDS_OFFSET: Final = 61
 # Java's ByteBufferLogInputStream treats anything shorter than a v0 message as corrupt.
 MIN_LEGACY_MESSAGE_SIZE: Final = 14
+#: The smallest record: length, attributes, timestamp delta, offset delta, key length, value
+#: length and header count, one byte each.
+MIN_RECORD_SIZE: Final = 7
 
 CODEC_MASK: Final = 0x07
 TIMESTAMP_TYPE_FLAG: Final = 0x08
@@ -387,6 +390,14 @@ class BatchView:
         """Commit/abort markers: never carry user records."""
         return not self.is_legacy and bool(self.attributes & CONTROL_FLAG)
 
+    def record_count_is_possible(self) -> bool:
+        """Whether the (decompressed) records could hold as many records as the header claims.
+        Work done per claimed record before the records are read (drawing a context for each)
+        must not be driven by a count a peer made up."""
+        if self.is_legacy:
+            return True
+        return 0 <= self.record_count <= len(self._body()) // MIN_RECORD_SIZE
+
     def crc_is_valid(self) -> bool:
         """True when the stored CRC-32C matches (legacy messages use CRC-32: not checked here)."""
         if self.is_legacy:
@@ -654,18 +665,21 @@ def splice_one_header_each_python(
     body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
 ) -> bytes | None:
     """The records of ``body`` with ``encoded[i]`` added to record i as its only header; the
-    positions of the records at the ``wanted`` indices are appended to ``starts``. None when a
-    record already has headers (or trailing bytes). `_speedups.c` has the compiled twin."""
+    positions of the records at the ``wanted`` indices (ascending) are appended to ``starts``
+    (an empty list). None when a record already has headers (or trailing bytes).
+    `_speedups.c` has the compiled twin."""
     limit = len(body)
     pieces: list[Buffer] = []
     append = pieces.append
+    wanted_seen = 0
     next_wanted = wanted[0] if wanted else -1
     pos = 0
     try:
         for index, added in enumerate(encoded):
             if index == next_wanted:
                 starts.append(pos)
-                next_wanted = wanted[len(starts)] if len(starts) < len(wanted) else -1
+                wanted_seen += 1
+                next_wanted = wanted[wanted_seen] if wanted_seen < len(wanted) else -1
             # Varints of one or two bytes (nearly all lengths) are decoded inline: this loop
             # runs once per produced record.
             raw = body[pos]

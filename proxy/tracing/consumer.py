@@ -79,6 +79,8 @@ def sampled_traceparent_positions_python(data: bytes, start: int, end: int) -> l
     goes on right after each prefix found (the prefix cannot overlap itself), so a record value
     that happens to hold the prefix bytes cannot hide a real header that follows it.
     """
+    if start < 0 or end < 0:
+        raise ValueError("start and end must not be negative")
     positions: list[int] = []
     end = min(end, len(data))
     find = data.find

@@ -247,3 +247,18 @@ def test_root_contexts_are_valid_sampled_by_threshold_and_never_zero() -> None:
     assert compiled.root_traceparents(b"\x01" * 16 + bytes(8), None) is None
     with pytest.raises(ValueError):
         compiled.root_traceparents(bytes(25), None)
+
+
+@pytest.mark.skipif(compiled is None, reason="the C extension is not built")
+def test_arguments_outside_the_contract_are_refused_alike() -> None:
+    assert compiled is not None
+    data = b"xx" + traceparent(1)
+    for scan in (compiled.sampled_traceparent_positions, sampled_traceparent_positions_python):
+        with pytest.raises(ValueError, match="negative"):
+            scan(data, -10, len(data))
+    # The compiled splice appends to `starts` while it reads `encoded` and `wanted`: one list
+    # in two roles would have its items moved under it.
+    body, _ = headerless_body([(None, b"v")] * 2)
+    shared: list = [HEADER, HEADER]
+    with pytest.raises(ValueError, match="own"):
+        compiled.splice_one_header_each(body, shared, [], shared)

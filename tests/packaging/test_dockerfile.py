@@ -205,3 +205,5 @@ def test_the_build_stage_compiles_the_c_extension(stages: list[Stage]) -> None:
     assert any(re.search(r"apt-get install .*\bgcc\b", run) for run in build.all("RUN"))
     copied = [word for copy in build.all("COPY") for word in copy.split()]
     assert "setup.py" in copied, copied
+    # ...and a wheel that came out without it fails the build instead of shipping.
+    assert any("_speedups" in run and "sys.exit" in run for run in build.all("RUN"))

@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from proxy.codec.records import iter_batches
+from proxy.codec.records import RecordBatchError, iter_batches
 from proxy.interceptors import (
     BrokerEndpoint,
     ConnectionContext,
@@ -405,3 +405,31 @@ def test_a_batch_too_large_for_headers_is_skipped_early_and_its_neighbours_keep_
     assert [s.attributes["messaging.kafka.message.key"] for s in spans] == ["a0", "a1", "c0"]
     assert h.metrics.value("header_injections_skipped", reason="too_large") == 1
     assert h.metrics.value("records_traced", side="produce", outcome="skipped") == 40
+
+
+@pytest.mark.parametrize("codec", [0, 3])
+def test_a_record_count_the_batch_cannot_hold_draws_no_contexts(
+    harness: Harness, codec: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A peer's batch header claims 2^31-1 records in a few bytes (CRC valid): one new context
+    # per claimed record would take the process's memory. The batch is refused as it is read.
+    import proxy.tracing.producer as producer_module
+
+    lying = bytearray(build_batch([(None, b"x", [])] * 3, codec))
+    lying[57:61] = (2**31 - 1).to_bytes(4, "big")
+    lying[17:21] = crc32c.crc32c(bytes(lying[21:])).to_bytes(4, "big")
+    drawn: list[int] = []
+    real = producer_module.new_root_traceparents
+
+    def draw(count: int, threshold: bytes | None) -> tuple[list[bytes], list]:
+        drawn.append(count)
+        assert count < 1000, f"{count} contexts drawn for a count the batch cannot hold"
+        return real(count, threshold)
+
+    monkeypatch.setattr(producer_module, "new_root_traceparents", draw)
+    with pytest.raises(RecordBatchError, match="fewer than"):
+        produce(harness, bytes(lying), ok(0))
+    assert drawn == []
+    # An honest count still takes the bulk path.
+    produce(harness, build_batch([(None, b"x", [])] * 3, codec), ok(0))
+    assert drawn == [3]
