@@ -43,6 +43,7 @@ class Listeners:
         self._unserved: dict[int, socket.socket] = {}
         self._ports: dict[int, int] = {}
         self._failed: set[int] = set()
+        self._closed = False
 
     @property
     def bootstrap_bound(self) -> bool:
@@ -56,19 +57,24 @@ class Listeners:
     async def start_bootstrap(self) -> None:
         listen = self._runtime.settings.listen_address
         sock = _bind(listen.host, listen.port)
-        self._servers[-1] = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(self._runtime, -1, self._bootstrap_targets),
-            sock=sock,
-            ssl=self._runtime.listen_ssl,
-        )
+        try:
+            self._servers[-1] = await asyncio.get_running_loop().create_server(
+                lambda: ClientConnection(self._runtime, -1, self._bootstrap_targets),
+                sock=sock,
+                ssl=self._runtime.listen_ssl,
+            )
+        except BaseException:
+            sock.close()
+            raise
         log.info("listening on %s for bootstrap", listen)
 
     def _bootstrap_targets(self) -> list[HostPort]:
         return list(self._runtime.settings.upstream_bootstrap_servers)
 
     def ensure_broker(self, node_id: int) -> None:
-        """Bind the listener for a broker now (idempotent); serve it as soon as the loop runs."""
-        if node_id in self._ports or node_id in self._failed:
+        """Bind the listener for a broker now (idempotent); serve it as soon as the loop runs.
+        Once closing has begun nothing new is bound (discovery may still report brokers)."""
+        if self._closed or node_id in self._ports or node_id in self._failed:
             return
         settings = self._runtime.settings
         try:
@@ -106,9 +112,18 @@ class Listeners:
             self._servers[node_id] = task.result()
 
     async def close(self) -> None:
-        """Stop accepting connections (existing connections are closed by the caller)."""
-        for task in list(self._pending.values()):
+        """Stop accepting connections (existing connections are closed by the caller).
+
+        A broker listener whose server was still starting is waited for, so that its socket is
+        closed here, whether the start was cancelled or had just finished."""
+        self._closed = True
+        pending = list(self._pending.values())
+        for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for sock in self._unserved.values():
+            sock.close()
+        self._unserved.clear()
         for server in self._servers.values():
             server.close()
         for server in list(self._servers.values()):
