@@ -1,7 +1,7 @@
 """The compiled part of the package: proxy.codec._speedups (see its source for why).
 
 Optional: where no C compiler is available the build goes on without it and the proxy uses the
-pure-Python twins of the same functions (`python -m proxy --version` says which).
+pure-Python twins of the same functions (and says so in a warning at start).
 """
 
 from setuptools import Extension, setup

@@ -120,10 +120,8 @@ class Listeners:
         pending = list(self._pending.values())
         for task in pending:
             task.cancel()
+        # Each task's _served callback (registered first) closes its socket or records its server.
         await asyncio.gather(*pending, return_exceptions=True)
-        for sock in self._unserved.values():
-            sock.close()
-        self._unserved.clear()
         for server in self._servers.values():
             server.close()
         for server in list(self._servers.values()):

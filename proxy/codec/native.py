@@ -13,5 +13,5 @@ except ImportError:  # built without a C compiler
 
 
 def describe() -> str:
-    """For start-up logs and --version: which implementation of the hot loops runs."""
+    """For the start-up warning: which implementation of the hot loops runs."""
     return "compiled" if compiled is not None else "pure Python (no C compiler at install)"

@@ -737,12 +737,14 @@ def splice_one_header_each_python(
     return b"".join(pieces)
 
 
+_compiled_splice = native.compiled.splice_one_header_each if native.compiled else None
+
+
 def _splice_one_header_each_compiled(
     body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
 ) -> bytes | None:
-    assert native.compiled is not None
     try:
-        return native.compiled.splice_one_header_each(body, encoded, wanted, starts)
+        return _compiled_splice(body, encoded, wanted, starts)  # type: ignore[misc]
     except ValueError as exc:
         raise RecordBatchError(str(exc)) from None
 

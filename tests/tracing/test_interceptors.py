@@ -35,20 +35,29 @@ APP_TRACE = 0x11112222333344445555666677778888
 APP_SPAN = 0x1234567890ABCDEF
 
 
-def build_batch(records: list[tuple[bytes | None, bytes | None, list]], codec: int = 0) -> bytes:
-    """A record batch as kafka-python's producer writes it."""
+def build_batch(
+    records: list[tuple[bytes | None, bytes | None, list]],
+    codec: int = 0,
+    *,
+    producer_id: int = -1,
+    base_offset: int = 0,
+) -> bytes:
+    """A record batch as kafka-python's producer writes it; transactional when it has a
+    producer id."""
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=codec,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
+        is_transactional=producer_id >= 0,
+        producer_id=producer_id,
+        producer_epoch=0 if producer_id >= 0 else -1,
+        base_sequence=base_offset if producer_id >= 0 else -1,
         batch_size=1 << 20,
     )
     for i, (key, value, headers) in enumerate(records):
         builder.append(i, timestamp=1_700_000_000_000 + i, key=key, value=value, headers=headers)
-    return bytes(builder.build())
+    batch = bytearray(builder.build())
+    batch[0:8] = base_offset.to_bytes(8, "big")  # not covered by the CRC
+    return bytes(batch)
 
 
 class Harness:
@@ -282,20 +291,11 @@ def test_only_the_records_with_a_sampled_context_get_spans_when_skimming(
 
 def transactional_batch(base_offset: int, count: int, *, control: bool = False) -> bytes:
     """Records of producer 7's transaction (sampled contexts), or its commit/abort marker."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=True,
-        producer_id=7,
-        producer_epoch=0,
-        base_sequence=base_offset,
-        batch_size=1 << 20,
-    )
-    for i in range(count):
-        headers = [] if control else [("traceparent", format_traceparent(500 + i, 8, True))]
-        builder.append(i, timestamp=1_700_000_000_000, key=None, value=b"x", headers=headers)
-    batch = bytearray(builder.build())
-    batch[0:8] = base_offset.to_bytes(8, "big")  # not covered by the CRC
+    records = [
+        (None, b"x", [] if control else [("traceparent", format_traceparent(500 + i, 8, True))])
+        for i in range(count)
+    ]
+    batch = bytearray(build_batch(records, producer_id=7, base_offset=base_offset))
     if control:
         batch[22] |= 0x20
         batch[17:21] = crc32c.crc32c(bytes(batch[21:])).to_bytes(4, "big")
@@ -307,15 +307,14 @@ def test_records_of_an_aborted_transaction_get_no_spans(mode: str) -> None:
     # Offsets 0-2: a transaction that was aborted (its marker at 3); 4-5: the producer's next
     # transaction; 6: a plain batch. A read_committed consumer sees 4, 5 and 6 only.
     h = Harness(mode=mode)
-    plain = bytearray(
-        build_batch([(None, b"x", [("traceparent", format_traceparent(9, 8, True))])])
+    plain = build_batch(
+        [(None, b"x", [("traceparent", format_traceparent(9, 8, True))])], base_offset=6
     )
-    plain[0:8] = (6).to_bytes(8, "big")
     records = (
         transactional_batch(0, 3)
         + transactional_batch(3, 1, control=True)
         + transactional_batch(4, 2)
-        + bytes(plain)
+        + plain
     )
     h.consumer.on_fetch_response(h.ctx, fetched(records, aborted=((7, 0),)))
     spans = h.spans()
