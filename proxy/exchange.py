@@ -62,7 +62,7 @@ from .interceptors import (
     ProducePartition,
     ProduceResult,
 )
-from .metrics import Metrics
+from .metrics import BoundCounter, BoundHistogram, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,25 @@ def error_name(code: int) -> str | None:
         return f"UNKNOWN_ERROR_{code}"
 
 
+@dataclass(frozen=True, slots=True)
+class ApiMeters:
+    """The per-API series every request and response updates, bound once per connection."""
+
+    requests: BoundCounter
+    request_bytes: BoundCounter
+    response_bytes: BoundCounter
+    latency: BoundHistogram
+
+    @classmethod
+    def bind(cls, metrics: Metrics, api_key: int) -> ApiMeters:
+        return cls(
+            metrics.counter("requests", api_key=api_key),
+            metrics.counter("request_bytes", api_key=api_key),
+            metrics.counter("response_bytes", api_key=api_key),
+            metrics.histogram("request_latency_seconds", api_key=api_key),
+        )
+
+
 @dataclass(slots=True)
 class InFlight:
     """A request still waiting for its response."""
@@ -97,6 +116,7 @@ class InFlight:
     api_key: int
     api_version: int
     received_at: float = 0.0
+    meters: ApiMeters | None = None
     expects_response: bool = True
     #: (interceptor, (topic or topic id, partition), its state) for each traced partition.
     produce_states: list[tuple[ProduceInterceptor, tuple[Any, int], Any]] = field(
@@ -135,6 +155,9 @@ class KafkaExchange:
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
         self._inflight: deque[InFlight] = deque()
+        #: Meters of the APIs seen on this connection; only API keys Kafka defines are kept, so
+        #: a client sending made-up keys cannot grow it.
+        self._meters: dict[int, ApiMeters] = {}
         self._requests = FrameScanner(
             peek_size=REQUEST_PEEK_SIZE,
             max_frame_size=max_frame_size,
@@ -164,10 +187,11 @@ class KafkaExchange:
 
     def _classify_request(self, peek: memoryview, size: int) -> InFlight | None:
         api_key, api_version, correlation_id = peek_request(peek)
-        entry = InFlight(correlation_id, api_key, api_version, time.monotonic())
+        meters = self._meters.get(api_key) or self._bind_meters(api_key)
+        entry = InFlight(correlation_id, api_key, api_version, time.monotonic(), meters)
         self._inflight.append(entry)
-        self._metrics.inc("requests", api_key=api_key)
-        self._metrics.inc("request_bytes", size + 4, api_key=api_key)
+        meters.requests.inc()
+        meters.request_bytes.inc(size + 4)
         if api_key == ApiKey.PRODUCE or api_key == ApiKey.API_VERSIONS:
             return entry
         if (
@@ -178,6 +202,12 @@ class KafkaExchange:
         ):
             return entry
         return None
+
+    def _bind_meters(self, api_key: int) -> ApiMeters:
+        meters = ApiMeters.bind(self._metrics, api_key)
+        if api_key in DECODABLE:
+            self._meters[api_key] = meters
+        return meters
 
     def _on_request(self, entry: InFlight, held: Held, outcome: Outcome) -> None:
         body = held.body
@@ -278,15 +308,14 @@ class KafkaExchange:
                 f"response {correlation_id} does not answer the oldest request "
                 f"{entry.correlation_id} (api key {entry.api_key})"
             )
-        self._metrics.observe(
-            "request_latency_seconds", time.monotonic() - entry.received_at, api_key=entry.api_key
-        )
+        meters = entry.meters or self._bind_meters(entry.api_key)
+        meters.latency.observe(time.monotonic() - entry.received_at)
         return entry
 
     def _classify_response(self, peek: memoryview, size: int) -> InFlight | None:
         entry = self._match(peek_correlation_id(peek))
         key, version = entry.api_key, entry.api_version
-        self._metrics.inc("response_bytes", size + 4, api_key=key)
+        (entry.meters or self._bind_meters(key)).response_bytes.inc(size + 4)
         if key == ApiKey.API_VERSIONS:
             return entry
         if not _decodable(key, version):

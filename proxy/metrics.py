@@ -1,8 +1,9 @@
 """Counters the proxy keeps about itself, labelled the way operators read them.
 
 A deliberately small in-process registry: counters keyed by name and a sorted label tuple, with
-the key of each call site cached so the hot path pays one dict lookup. The admin endpoint
-renders them in Prometheus text format.
+the key of each call site cached. Call sites on every request bind their series once
+(`counter`, `histogram`) and then pay one dict update per increment, not a keyword dict and a
+key lookup. The admin endpoint renders them in Prometheus text format.
 """
 
 from __future__ import annotations
@@ -14,6 +15,32 @@ from collections.abc import Iterator
 Labels = tuple[tuple[str, str], ...]
 #: Upper bounds (seconds) of latency histogram buckets; +Inf is implied.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class BoundCounter:
+    """One counter series, resolved once: `inc` is a single dict update."""
+
+    __slots__ = ("_counters", "_key")
+
+    def __init__(self, counters: Counter[tuple[str, Labels]], key: tuple[str, Labels]) -> None:
+        self._counters = counters
+        self._key = key
+
+    def inc(self, amount: float = 1) -> None:
+        self._counters[self._key] += amount
+
+
+class BoundHistogram:
+    """One latency histogram series, resolved once."""
+
+    __slots__ = ("_counts", "_total")
+
+    def __init__(self, entry: tuple[list[int], list[float]]) -> None:
+        self._counts, self._total = entry
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        self._total[0] += value
 
 
 class Metrics:
@@ -37,12 +64,19 @@ class Metrics:
 
     def observe(self, name: str, value: float, **labels: object) -> None:
         """Add an observation to a latency histogram."""
+        self.histogram(name, **labels).observe(value)
+
+    def histogram(self, name: str, **labels: object) -> BoundHistogram:
+        """A histogram series to observe many times; it is listed (empty) from then on."""
         key = self._key(name, labels)
         entry = self._histograms.get(key)
         if entry is None:
             entry = self._histograms[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-        entry[0][bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        entry[1][0] += value
+        return BoundHistogram(entry)
+
+    def counter(self, name: str, **labels: object) -> BoundCounter:
+        """A counter series to increment many times; listed once incremented, like `inc`'s."""
+        return BoundCounter(self._counters, self._key(name, labels))
 
     def histograms(self) -> Iterator[tuple[str, Labels, list[tuple[float, int]], float, int]]:
         """(name, labels, [(upper bound, cumulative count)], sum, count) per histogram."""

@@ -23,7 +23,7 @@ from .dialing import describe, dial
 from .exchange import KafkaExchange, Outcome
 from .groups import GroupDirectory
 from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
-from .metrics import Metrics
+from .metrics import BoundCounter, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._early: list[bytes] = []
         self.id = next(_connection_ids)
+        bytes_counter = runtime.metrics.counter
+        self._bytes_from_client = bytes_counter("bytes", direction="client_to_proxy")
+        self._bytes_to_server = bytes_counter("bytes", direction="proxy_to_server")
+        self._bytes_from_server = bytes_counter("bytes", direction="server_to_proxy")
+        self._bytes_to_client = bytes_counter("bytes", direction="proxy_to_client")
 
     # -- client side -----------------------------------------------------------------------
 
@@ -181,11 +186,11 @@ class ClientConnection(asyncio.Protocol):
             # already have read the first bytes (uvloop does): keep them for later.
             self._early.append(data)
             return
-        self._runtime.metrics.inc("bytes", len(data), direction="client_to_proxy")
+        self._bytes_from_client.inc(len(data))
         outcome = self._run(exchange.from_client, data, "client")
         if outcome is None:
             return
-        self._deliver(server, outcome, "proxy_to_server")
+        self._deliver(server, outcome, self._bytes_to_server)
         if exchange.in_flight >= self._runtime.settings.max_in_flight:
             self._client_reading.pause("in_flight")
 
@@ -193,11 +198,11 @@ class ClientConnection(asyncio.Protocol):
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
             return
-        self._runtime.metrics.inc("bytes", len(data), direction="server_to_proxy")
+        self._bytes_from_server.inc(len(data))
         outcome = self._run(exchange.from_server, data, "broker")
         if outcome is None:
             return
-        self._deliver(client, outcome, "proxy_to_client")
+        self._deliver(client, outcome, self._bytes_to_client)
         if exchange.in_flight < self._runtime.settings.max_in_flight:
             self._client_reading.resume("in_flight")
 
@@ -218,16 +223,15 @@ class ClientConnection(asyncio.Protocol):
         self.close()
         return None
 
-    def _deliver(self, transport: asyncio.Transport, outcome: Outcome, direction: str) -> None:
+    def _deliver(self, transport: asyncio.Transport, outcome: Outcome, sent_bytes: BoundCounter) -> None:
         pieces = outcome.send
         if len(pieces) == 1:
             transport.write(pieces[0])
-            sent = len(pieces[0])
+            sent_bytes.inc(len(pieces[0]))
         else:
             # One vectored send for a frame in several pieces (uvloop), not one per piece.
             transport.writelines(pieces)
-            sent = sum(map(len, pieces))
-        self._runtime.metrics.inc("bytes", sent, direction=direction)
+            sent_bytes.inc(sum(map(len, pieces)))
         for action in outcome.after_send:
             action()
 

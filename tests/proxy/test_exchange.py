@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import struct
 import uuid
 
 import pytest
@@ -223,6 +224,38 @@ def test_client_id_is_learned_from_requests(exchange: KafkaExchange) -> None:
         )
     )
     assert exchange.context.client_id == "billing-app"
+
+
+def test_requests_and_responses_are_counted_per_api(exchange: KafkaExchange) -> None:
+    metrics = exchange._metrics
+    request = MetadataRequest(
+        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+    )
+    sizes = []
+    for correlation_id in (1, 2):
+        sent, answer = (
+            request_frame(request, correlation_id),
+            response_frame(_metadata_response(), correlation_id),
+        )
+        exchange.from_client(sent)
+        exchange.from_server(answer)
+        sizes.append((len(sent), len(answer)))
+    # An API key Kafka does not define is counted the same way (the broker judges the request).
+    exchange.from_client(struct.pack(">ihhih", 10, 9999, 0, 3, -1))
+    exchange.from_server(struct.pack(">ii", 4, 3))
+
+    assert metrics.value("requests", api_key=3) == 2
+    assert metrics.value("request_bytes", api_key=3) == sum(s for s, _ in sizes)
+    assert metrics.value("response_bytes", api_key=3) == sum(a for _, a in sizes)
+    assert (
+        metrics.value("requests", api_key=9999),
+        metrics.value("response_bytes", api_key=9999),
+    ) == (
+        1,
+        8,
+    )
+    counts = {dict(labels)["api_key"]: count for _, labels, _, _, count in metrics.histograms()}
+    assert counts == {"3": 2, "9999": 1}
 
 
 def test_a_response_to_no_outstanding_request_is_a_protocol_error(
