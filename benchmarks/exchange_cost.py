@@ -11,7 +11,12 @@ Python work from syscalls and the broker. The pairs:
 - `perf-fetch`: a 1 MiB Fetch response of such records, each with a traceparent and 1% of them
   sampled, fed in 256 KiB reads as a socket delivers it.
 
-    .venv/bin/python -m benchmarks.exchange_cost
+    .venv/bin/python -m benchmarks.exchange_cost [--switch MIB]
+
+With `--switch MIB` every request first hands the CPU to another process that writes MIB of
+memory and hands it back, as the broker and the client do between two requests the relay handles:
+the figure is then the CPU time the same work costs when it runs on cold caches after a wake-up
+(the hand-over itself is measured alone and taken out).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -123,22 +129,66 @@ def exchange(tracing: bool) -> KafkaExchange:
     )
 
 
-def cost(pair: tuple[bytes, bytes], tracing: bool, requests: int, rounds: int = 5) -> float:
+class CacheThrasher:
+    """A child process that, handed the CPU, writes `mib` MiB of memory and hands it back."""
+
+    def __init__(self, mib: int) -> None:
+        self._to_child_r, self._to_child = os.pipe()
+        self._from_child, self._to_parent = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: no return from here
+            os.close(self._to_child)  # so that the parent's close() reaches it as end of file
+            os.close(self._from_child)
+            block = bytearray(mib << 20)
+            zeros = bytes(len(block[::64]))
+            while os.read(self._to_child_r, 1):
+                block[::64] = zeros  # one write per cache line
+                os.write(self._to_parent, b"x")
+            os._exit(0)
+        os.close(self._to_child_r)
+        os.close(self._to_parent)
+
+    def hand_over(self) -> None:
+        os.write(self._to_child, b"x")
+        os.read(self._from_child, 1)
+
+    def close(self) -> None:
+        os.close(self._to_child)
+        os.waitpid(self.pid, 0)
+
+
+def cost(
+    pair: tuple[bytes, bytes],
+    tracing: bool,
+    requests: int,
+    rounds: int = 5,
+    thrasher: CacheThrasher | None = None,
+) -> float:
     """µs per request+response, the best of `rounds` rounds (a shared machine only ever adds
-    time); the response is fed in socket-sized reads."""
+    time); the response is fed in socket-sized reads. With a `thrasher`, the CPU time of this
+    process per request, less that of the hand-over alone."""
     request, response = pair
     reads = [response[i : i + READ_SIZE] for i in range(0, len(response), READ_SIZE)]
     relay = exchange(tracing)
     per_round = max(1, requests // rounds)
+    clock = time.perf_counter if thrasher is None else time.process_time
+    hand_over = thrasher.hand_over if thrasher is not None else (lambda: None)
     best = float("inf")
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = clock()
         for _ in range(per_round):
+            hand_over()
             relay.from_client(request)
             for data in reads:
                 for action in relay.from_server(data).after_send:
                     action()
-        best = min(best, (time.perf_counter() - started) / per_round * 1e6)
+        spent = clock() - started
+        if thrasher is not None:
+            started = clock()
+            for _ in range(per_round):
+                hand_over()
+            spent -= clock() - started
+        best = min(best, spent / per_round * 1e6)
     return best
 
 
@@ -146,16 +196,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--only", help="comma-separated pairs: " + ", ".join(PAIRS))
+    parser.add_argument(
+        "--switch",
+        type=int,
+        metavar="MIB",
+        help="before each request, let another process write MIB of memory (cold caches)",
+    )
     args = parser.parse_args()
     keep_large_buffers_on_heap()  # as the proxy does at start (KTP_TUNE_ALLOCATOR)
     random.seed(1)
-    for name in args.only.split(",") if args.only else PAIRS:
-        pair = PAIRS[name]()
-        count = args.requests if len(pair[1]) < READ_SIZE else max(1, args.requests // 50)
-        for tracing in (False, True):
-            mode = "tracing 1%" if tracing else "tracing off"
-            micros = cost(pair, tracing, count)
-            print(f"{name:<13} {mode:<12} {micros:8.1f} µs per request+response", flush=True)
+    thrasher = CacheThrasher(args.switch) if args.switch is not None else None
+    try:
+        for name in args.only.split(",") if args.only else PAIRS:
+            pair = PAIRS[name]()
+            count = args.requests if len(pair[1]) < READ_SIZE else max(1, args.requests // 50)
+            for tracing in (False, True):
+                mode = "tracing 1%" if tracing else "tracing off"
+                micros = cost(pair, tracing, count, thrasher=thrasher)
+                print(f"{name:<13} {mode:<12} {micros:8.1f} µs per request+response", flush=True)
+    finally:
+        if thrasher is not None:
+            thrasher.close()
 
 
 if __name__ == "__main__":

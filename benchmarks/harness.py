@@ -7,6 +7,8 @@ is the path itself:
 - socat: a C relay (`socat -b65536`) in front of a second broker listener, RELAY, which the broker
   advertises as the socat port, so metadata sends clients back through socat (a plain TCP relay
   cannot rewrite addresses, so the broker must hand out the relay's address itself);
+- pyrelay: `benchmarks.bare_relay`, a Python byte relay on uvloop with no Kafka logic, in front of
+  a third listener, BARE, advertised the same way: the floor of any Python proxy;
 - proxy-*: `python -m proxy` in front of PLAINTEXT, which rewrites the addresses itself.
 
 A `LeakWatcher` checks during each measured run that no client bypasses the path under test.
@@ -47,7 +49,7 @@ class PathSpec:
     """One way for clients to reach the broker."""
 
     name: str
-    kind: str  # "direct", "socat" or "proxy"
+    kind: str  # "direct", "socat", "pyrelay" or "proxy"
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
@@ -61,6 +63,11 @@ PATHS: dict[str, PathSpec] = {
     for p in (
         PathSpec("direct", "direct", description="client -> broker"),
         PathSpec("socat", "socat", description="client -> socat -b65536 -> broker"),
+        PathSpec(
+            "pyrelay",
+            "pyrelay",
+            description="client -> bare Python byte relay on uvloop, no Kafka logic -> broker",
+        ),
         PathSpec(
             "proxy-off",
             "proxy",
@@ -135,10 +142,11 @@ def uptime() -> str:
 
 
 class BenchCluster(KafkaCluster):
-    """A one-node cluster with an extra RELAY listener that advertises the socat port.
+    """A one-node cluster with extra listeners that advertise the byte relays' ports.
 
     Clients bootstrapping through socat receive metadata from the RELAY listener, which names
-    `socat_port` as the broker, so all their traffic stays on the relay. The testbed has no
+    `socat_port` as the broker, so all their traffic stays on the relay; the BARE listener does
+    the same for the bare Python relay at `pyrelay_port`. The testbed has no
     public hook for extra listeners, hence the override of its config builder.
     """
 
@@ -146,13 +154,19 @@ class BenchCluster(KafkaCluster):
         super().__init__("4", 1, workdir, heap=heap)
         self.relay_port = free_port()
         self.socat_port = free_port()
+        self.bare_relay_port = free_port()
+        self.pyrelay_port = free_port()
 
     def _node_config(self, node: KafkaNode, voters: str) -> dict[str, Any]:
         config = super()._node_config(node, voters)
         if node.is_broker:
-            config["listeners"] += f",RELAY://127.0.0.1:{self.relay_port}"
-            config["advertised.listeners"] += f",RELAY://127.0.0.1:{self.socat_port}"
-            config["listener.security.protocol.map"] += ",RELAY:PLAINTEXT"
+            config["listeners"] += (
+                f",RELAY://127.0.0.1:{self.relay_port},BARE://127.0.0.1:{self.bare_relay_port}"
+            )
+            config["advertised.listeners"] += (
+                f",RELAY://127.0.0.1:{self.socat_port},BARE://127.0.0.1:{self.pyrelay_port}"
+            )
+            config["listener.security.protocol.map"] += ",RELAY:PLAINTEXT,BARE:PLAINTEXT"
         return config
 
     @property
@@ -272,13 +286,16 @@ def metric_sum(samples: Mapping[tuple[str, str], float], name: str, **labels: st
 class RunningPath:
     """A started path: where clients bootstrap, and the relay process whose cost we account."""
 
-    def __init__(self, spec: PathSpec, cluster: BenchCluster, workdir: Path) -> None:
+    def __init__(
+        self, spec: PathSpec, cluster: BenchCluster, workdir: Path, python: str | None = None
+    ) -> None:
         self.spec = spec
+        self.python = python
         self.cluster = cluster
         self.workdir = workdir
         self.sink: Sink | None = None
         self.proxy: ProxyProcess | None = None
-        self._socat: subprocess.Popen[bytes] | None = None
+        self._byte_relay: subprocess.Popen[bytes] | None = None
         self._ps: psutil.Process | None = None
 
     @property
@@ -298,9 +315,22 @@ class RunningPath:
                 f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
                 f"TCP:127.0.0.1:{relay},nodelay",
             ]
-            self._socat = spawn(cmd, self.workdir / "socat.log")
-            wait_listening(port, self._socat, 10)
-            self._ps = psutil.Process(self._socat.pid)
+            self._byte_relay = spawn(cmd, self.workdir / "socat.log")
+            wait_listening(port, self._byte_relay, 10)
+            self._ps = psutil.Process(self._byte_relay.pid)
+        elif spec.kind == "pyrelay":
+            port, relay = self.cluster.pyrelay_port, self.cluster.bare_relay_port
+            cmd = [
+                self.python or sys.executable,
+                "-m",
+                "benchmarks.bare_relay",
+                str(port),
+                str(relay),
+            ]
+            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+            self._byte_relay = spawn(cmd, self.workdir / "pyrelay.log", env=env, cwd=REPO_ROOT)
+            wait_listening(port, self._byte_relay, 10)
+            self._ps = psutil.Process(self._byte_relay.pid)
         elif spec.kind == "proxy":
             env = {
                 "KTP_LOG_LEVEL": "warning",
@@ -313,7 +343,11 @@ class RunningPath:
                 env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.sink.endpoint
                 env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
             self.proxy = ProxyProcess(
-                self.cluster.bootstrap_servers, self.workdir, env=env, name=spec.name
+                self.cluster.bootstrap_servers,
+                self.workdir,
+                env=env,
+                name=spec.name,
+                python=self.python,
             )
             self.proxy.start()
             self._ps = psutil.Process(self.proxy.pid)
@@ -323,17 +357,17 @@ class RunningPath:
             with contextlib.suppress(Exception):
                 self.proxy.stop()
             self.proxy = None
-        if self._socat is not None:
-            kill_process_group(self._socat, timeout=3)
-            self._socat = None
+        if self._byte_relay is not None:
+            kill_process_group(self._byte_relay, timeout=3)
+            self._byte_relay = None
         if self.sink is not None:
             self.sink.stop()
             self.sink = None
 
     @property
     def bootstrap(self) -> str:
-        if self.spec.kind == "socat":
-            return f"127.0.0.1:{self.cluster.socat_port}"
+        if self.spec.kind in ("socat", "pyrelay"):
+            return self.expected_brokers()[0]
         if self.proxy is not None:
             return self.proxy.bootstrap_servers
         return self.cluster.bootstrap_servers
@@ -342,6 +376,8 @@ class RunningPath:
         """The only broker address clients of this path may learn."""
         if self.spec.kind == "socat":
             return [f"127.0.0.1:{self.cluster.socat_port}"]
+        if self.spec.kind == "pyrelay":
+            return [f"127.0.0.1:{self.cluster.pyrelay_port}"]
         if self.proxy is not None:
             return [f"127.0.0.1:{self.proxy.broker_port(1)}"]
         return [f"127.0.0.1:{self.cluster.plain_port}"]
@@ -405,13 +441,14 @@ class RunningPath:
 
 @contextlib.contextmanager
 def started_paths(
-    specs: list[PathSpec], cluster: BenchCluster, workdir: Path
+    specs: list[PathSpec], cluster: BenchCluster, workdir: Path, python: str | None = None
 ) -> Iterator[dict[str, RunningPath]]:
-    """Start every path (and verify what each advertises); stop them all on the way out."""
+    """Start every path (and verify what each advertises); stop them all on the way out.
+    `python` runs the proxies (default: this interpreter)."""
     running: dict[str, RunningPath] = {}
     try:
         for spec in specs:
-            path = RunningPath(spec, cluster, workdir)
+            path = RunningPath(spec, cluster, workdir, python)
             running[spec.name] = path
             path.start()
         for path in running.values():
@@ -434,8 +471,9 @@ class LeakWatcher:
     """Samples the broker's connections during a run: does any client bypass the path?
 
     For a relay path, every connection to the broker's PLAINTEXT port must come from a proxy
-    process (the one under test, or an idle one of another path), and RELAY connections exist only
-    on the socat path. Samples once a second: reading one process's sockets costs ~1 ms.
+    process (the one under test, or an idle one of another path), and connections on a byte
+    relay's listener (RELAY, BARE) exist only on that relay's path. Samples once a second:
+    reading one process's sockets costs ~1 ms.
     """
 
     def __init__(self, path: RunningPath, all_paths: Mapping[str, RunningPath]) -> None:
@@ -464,19 +502,21 @@ class LeakWatcher:
             with contextlib.suppress(psutil.Error):
                 self._sample()
 
-    def _broker_clients(self) -> tuple[set[int], int]:
-        """Client ports of established PLAINTEXT connections, and the RELAY connection count."""
+    def _broker_clients(self) -> tuple[set[int], dict[str, int]]:
+        """Client ports of established PLAINTEXT connections, and the connection count on each
+        byte relay's listener (RELAY for socat, BARE for pyrelay)."""
         cluster = self.path.cluster
+        listeners = {cluster.relay_port: "socat", cluster.bare_relay_port: "pyrelay"}
         plain: set[int] = set()
-        relay = 0
+        relayed = dict.fromkeys(listeners.values(), 0)
         for conn in psutil.Process(cluster.broker_pid).net_connections("tcp"):
             if conn.status != psutil.CONN_ESTABLISHED or not conn.raddr:
                 continue
             if conn.laddr.port == cluster.plain_port:
                 plain.add(conn.raddr.port)
-            elif conn.laddr.port == cluster.relay_port:
-                relay += 1
-        return plain, relay
+            elif conn.laddr.port in listeners:
+                relayed[listeners[conn.laddr.port]] += 1
+        return plain, relayed
 
     def _proxy_ports(self) -> tuple[set[int], set[int]]:
         """Local ports of every proxy's upstream PLAINTEXT connections, and of this path's."""
@@ -496,7 +536,7 @@ class LeakWatcher:
         return allowed, own
 
     def _sample(self) -> None:
-        plain, relay = self._broker_clients()
+        plain, on_relays = self._broker_clients()
         allowed, own = self._proxy_ports()
         suspects = plain - allowed
         if suspects:
@@ -506,11 +546,10 @@ class LeakWatcher:
             allowed_again, _ = self._proxy_ports()
             suspects = (suspects & plain_again) - allowed_again
         bypassing = len(suspects)
-        if self.path.spec.kind == "socat":
-            relayed = relay
-        else:
-            bypassing += relay
-            relayed = len(plain & own)
+        kind = self.path.spec.kind
+        # Connections on another path's relay listener bypass this one.
+        bypassing += sum(n for relay_kind, n in on_relays.items() if relay_kind != kind)
+        relayed = on_relays[kind] if kind in on_relays else len(plain & own)
         self.samples += 1
         self.bypassing = max(self.bypassing, bypassing)
         self.relay_connections = max(self.relay_connections, relayed)

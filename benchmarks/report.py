@@ -259,6 +259,6 @@ def markdown(
     lines.append(
         "Cells: median [min-max over repetitions] xratio to direct (median of per-repetition "
         "ratios). ↑ higher is better, ↓ lower is better. MB = MiB of record payload. Relay CPU is "
-        "user+sys of the proxy (or socat and its forks) during the run."
+        "user+sys of the proxy (or of socat and its forks, or of the bare relay) during the run."
     )
     return "\n".join(lines) + "\n"

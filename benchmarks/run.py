@@ -2,10 +2,11 @@
 
     .venv/bin/python -m benchmarks.run [--quick] [--reps N] [--only PATH,...] [--loads LOAD,...]
 
-Paths and loads are listed by --help. For each repetition the matrix runs load by load, and within
-a load path by path (direct, socat, proxy-off, proxy-1pct, proxy-100pct, then again), so drift of a
-shared, noisy machine hits every path alike; figures are reported as medians with ranges and as
-ratios to direct within the same repetition. Writes benchmarks/results/latest.{json,md}.
+Paths and loads are listed by --help. For each repetition the matrix runs load by load, and
+within a load path by path (direct, socat, pyrelay, proxy-off, proxy-1pct, proxy-100pct, then
+again), so drift of a shared, noisy machine hits every path alike; figures are reported as
+medians with ranges and as ratios to direct within the same repetition. Writes
+benchmarks/results/latest.{json,md}.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ from benchmarks.harness import (
     started_paths,
     uptime,
 )
+from benchmarks.interpreters import (
+    Interpreter,
+    InterpreterError,
+    proxy_interpreter,
+    running_interpreter,
+)
 from benchmarks.loads import LOADS, MIB, Load, produce_py, run_load
 from benchmarks.report import markdown, sampled_record_cost, summarise, targets
 
@@ -70,6 +77,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--name", default="latest", help="results file stem (default latest)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep broker/tool logs")
+    parser.add_argument(
+        "--proxy-python",
+        metavar="PYTHON",
+        help="run the proxy on this CPython (same version as the venv's), e.g. one built with "
+        "PGO and LTO like the image's; its dependencies go into a cached venv (default: the "
+        "benchmark's own interpreter)",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be >= 1")
@@ -252,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("socat") is None and "socat" in select_paths(args.only):
         print(f"error: {SOCAT_INSTALL_HINT} (or leave it out: --only ...)", file=sys.stderr)
         return 2
+    try:
+        interpreter = (
+            proxy_interpreter(args.proxy_python) if args.proxy_python else running_interpreter()
+        )
+    except InterpreterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     install_signal_handlers()
     path_names = select_paths(args.only)
     loads = select_loads(args.loads, args.quick)
@@ -269,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uptime_before = uptime()
     print(f"==> {uptime_before}")
     print(f"==> paths {', '.join(path_names)}; {reps} repetition(s); logs in {workdir}")
+    print(f"==> proxy interpreter {interpreter.description}")
     runs: list[dict[str, Any]] = []
     failed = False
     try:
@@ -278,7 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.callback(cluster.stop)
             print(f"==> Kafka up in {cluster.start_seconds:.1f} s at {cluster.bootstrap_servers}")
             specs = [PATHS[name] for name in path_names]
-            running = stack.enter_context(started_paths(specs, cluster, workdir))
+            running = stack.enter_context(
+                started_paths(specs, cluster, workdir, interpreter.python)
+            )
             print("==> every path verified to advertise only itself; warming up")
             warm_up(running, cluster.bootstrap_servers, args.quick)
             for rep in range(reps):
@@ -323,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uptime_after = uptime()
     document = build_document(
         args, path_names, loads, counts, reps, runs, relays,
-        started_at, duration, uptime_before, uptime_after, workdir,
+        started_at, duration, uptime_before, uptime_after, workdir, interpreter,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{args.name}.json"
@@ -369,6 +393,7 @@ def build_document(
     uptime_before: str,
     uptime_after: str,
     workdir: Path,
+    interpreter: Interpreter,
 ) -> dict[str, Any]:
     """Everything the run measured, plus the summary, the targets and the markdown table."""
     summary = summarise(runs)
@@ -383,6 +408,7 @@ def build_document(
         "- records per run: " + ", ".join(f"{ld.name} {counts[ld.name]:,}" for ld in loads),
         f"- machine: {os.cpu_count()} CPUs, shared by broker, clients and relay; 1-min load "
         + (f"during runs {min(loadavgs):.1f}-{max(loadavgs):.1f}" if loadavgs else "n/a"),
+        f"- proxy interpreter: {interpreter.description}",
         f"- uptime before: `{uptime_before}`",
         f"- uptime after: `{uptime_after}`",
     ]
@@ -403,6 +429,7 @@ def build_document(
         "reps": reps,
         "scale": args.scale,
         "cpus": os.cpu_count(),
+        "proxy_interpreter": interpreter.description,
         "uptime_before": uptime_before,
         "uptime_after": uptime_after,
         "workdir": str(workdir) if args.keep_workdir else None,

@@ -27,8 +27,11 @@ class ProxyProcess:
         max_node_id: int = 8,
         env: Mapping[str, str] | None = None,
         name: str = "proxy",
+        python: str | None = None,
     ) -> None:
         self.workdir = workdir
+        #: The interpreter that runs `-m proxy` (default: this one).
+        self.python = python or sys.executable
         self.name = name
         base = free_port_block(max_node_id + 2)
         self.listen_port = base
@@ -89,7 +92,7 @@ class ProxyProcess:
         env = {**os.environ, **self.env, "PYTHONPATH": str(REPO_ROOT)}
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "proxy"],
+            [self.python, "-m", "proxy"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
