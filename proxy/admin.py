@@ -19,7 +19,7 @@ PREFIX = "ktp_"
 MAX_HEAD = 8192
 
 _HELP = {
-    "requests": "Requests from clients, by API key.",
+    "requests": "Requests from clients, by API key (other: keys Kafka does not define).",
     "bytes": "Bytes relayed, by direction.",
     "request_bytes": "Bytes of client requests (size prefix included), by API key.",
     "response_bytes": "Bytes of broker responses (size prefix included), by API key.",

@@ -67,6 +67,8 @@ from .metrics import BoundCounter, BoundHistogram, Metrics
 log = logging.getLogger(__name__)
 
 DECODABLE = decodable_ranges()
+#: Where API keys Kafka does not define are metered (labelled api_key="other").
+_OTHER_API = -1
 
 #: Fetch responses carry KIP-951 node endpoints from this version on.
 FETCH_NODE_ENDPOINTS_FROM = 16
@@ -99,7 +101,7 @@ class ApiMeters:
     latency: BoundHistogram
 
     @classmethod
-    def bind(cls, metrics: Metrics, api_key: int) -> ApiMeters:
+    def bind(cls, metrics: Metrics, api_key: int | str) -> ApiMeters:
         return cls(
             metrics.counter("requests", api_key=api_key),
             metrics.counter("request_bytes", api_key=api_key),
@@ -155,8 +157,8 @@ class KafkaExchange:
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
         self._inflight: deque[InFlight] = deque()
-        #: Meters of the APIs seen on this connection; only API keys Kafka defines are kept, so
-        #: a client sending made-up keys cannot grow it.
+        #: Meters of the APIs seen on this connection. Keys Kafka does not define share one
+        #: entry, labelled "other", so made-up keys grow neither this table nor the series.
         self._meters: dict[int, ApiMeters] = {}
         self._requests = FrameScanner(
             peek_size=REQUEST_PEEK_SIZE,
@@ -204,9 +206,12 @@ class KafkaExchange:
         return None
 
     def _bind_meters(self, api_key: int) -> ApiMeters:
-        meters = ApiMeters.bind(self._metrics, api_key)
-        if api_key in DECODABLE:
-            self._meters[api_key] = meters
+        known = api_key in DECODABLE
+        slot = api_key if known else _OTHER_API
+        meters = self._meters.get(slot)
+        if meters is None:
+            label = api_key if known else "other"
+            meters = self._meters[slot] = ApiMeters.bind(self._metrics, label)
         return meters
 
     def _on_request(self, entry: InFlight, held: Held, outcome: Outcome) -> None:

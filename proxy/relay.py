@@ -223,7 +223,9 @@ class ClientConnection(asyncio.Protocol):
         self.close()
         return None
 
-    def _deliver(self, transport: asyncio.Transport, outcome: Outcome, sent_bytes: BoundCounter) -> None:
+    def _deliver(
+        self, transport: asyncio.Transport, outcome: Outcome, sent_bytes: BoundCounter
+    ) -> None:
         pieces = outcome.send
         if len(pieces) == 1:
             transport.write(pieces[0])
