@@ -21,8 +21,8 @@ MAX_HEAD = 8192
 _HELP = {
     "requests": "Requests from clients, by API key (other: keys Kafka does not define).",
     "bytes": "Bytes relayed, by direction.",
-    "request_bytes": "Bytes of client requests (size prefix included), by API key.",
-    "response_bytes": "Bytes of broker responses (size prefix included), by API key.",
+    "request_bytes": "Bytes of client requests (size prefix included), by API key (or other).",
+    "response_bytes": "Bytes of broker responses (size prefix included), by API key (or other).",
     "connections_accepted": "Client connections accepted, by listener.",
     "connections_open": "Client connections open now.",
     "upstream_connect_errors": "Client connections closed because no broker could be reached.",
@@ -40,7 +40,9 @@ _HELP = {
     "interceptor_errors": "Exceptions in interceptor hooks (traffic forwarded unchanged).",
     "listener_errors": "Broker listeners that could not be bound.",
     "fetch_records_unreadable": "Fetched partitions whose records could not be read for tracing.",
-    "request_latency_seconds": "Time from a request reaching the proxy to its response leaving it.",
+    "request_latency_seconds": (
+        "Time from a request reaching the proxy to its response leaving it, by API key (or other)."
+    ),
 }
 
 

@@ -29,7 +29,7 @@ from kio.schema.errors import ErrorCode
 from .brokers import BrokerDirectory, PortMappingError, TopicNames
 from .codec.addresses import rewrite_broker_addresses, topic_ids_from_metadata
 from .codec.api_versions import decodable_ranges, restrict_api_versions
-from .codec.apis import ADDRESS_BEARING, GROUP_NAMING, ApiKey
+from .codec.apis import ADDRESS_BEARING, GROUP_NAMING, KNOWN_API_KEYS, ApiKey
 from .codec.errors import ProtocolError
 from .codec.fetch import iter_fetched_partitions
 from .codec.framing import FrameScanner, Held, frame
@@ -102,6 +102,7 @@ class ApiMeters:
 
     @classmethod
     def bind(cls, metrics: Metrics, api_key: int | str) -> ApiMeters:
+        """The four series of one API key (or of "other") in `metrics`."""
         return cls(
             metrics.counter("requests", api_key=api_key),
             metrics.counter("request_bytes", api_key=api_key),
@@ -117,8 +118,8 @@ class InFlight:
     correlation_id: int
     api_key: int
     api_version: int
-    received_at: float = 0.0
-    meters: ApiMeters | None = None
+    received_at: float
+    meters: ApiMeters
     expects_response: bool = True
     #: (interceptor, (topic or topic id, partition), its state) for each traced partition.
     produce_states: list[tuple[ProduceInterceptor, tuple[Any, int], Any]] = field(
@@ -206,7 +207,7 @@ class KafkaExchange:
         return None
 
     def _bind_meters(self, api_key: int) -> ApiMeters:
-        known = api_key in DECODABLE
+        known = api_key in KNOWN_API_KEYS
         slot = api_key if known else _OTHER_API
         meters = self._meters.get(slot)
         if meters is None:
@@ -313,14 +314,13 @@ class KafkaExchange:
                 f"response {correlation_id} does not answer the oldest request "
                 f"{entry.correlation_id} (api key {entry.api_key})"
             )
-        meters = entry.meters or self._bind_meters(entry.api_key)
-        meters.latency.observe(time.monotonic() - entry.received_at)
+        entry.meters.latency.observe(time.monotonic() - entry.received_at)
         return entry
 
     def _classify_response(self, peek: memoryview, size: int) -> InFlight | None:
         entry = self._match(peek_correlation_id(peek))
         key, version = entry.api_key, entry.api_version
-        (entry.meters or self._bind_meters(key)).response_bytes.inc(size + 4)
+        entry.meters.response_bytes.inc(size + 4)
         if key == ApiKey.API_VERSIONS:
             return entry
         if not _decodable(key, version):

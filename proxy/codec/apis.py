@@ -11,7 +11,7 @@ import enum
 from functools import cache
 
 from kio.index import load_request_schema, load_response_schema
-from kio.schema.index import schema_name_map
+from kio.schema.index import api_key_map, schema_name_map
 from kio.static.constants import EntityType
 
 
@@ -33,6 +33,9 @@ class ApiKey(enum.IntEnum):
     SHARE_FETCH = 78
     SHARE_ACKNOWLEDGE = 79
 
+
+#: Every API key Kafka's message specs define (as kio generated them), decoded by the proxy or not.
+KNOWN_API_KEYS: frozenset[int] = frozenset(api_key_map)
 
 #: APIs whose responses carry broker host:port that clients would otherwise dial directly.
 ADDRESS_BEARING: frozenset[int] = frozenset(

@@ -240,9 +240,10 @@ def test_requests_and_responses_are_counted_per_api(exchange: KafkaExchange) -> 
         exchange.from_client(sent)
         exchange.from_server(answer)
         sizes.append((len(sent), len(answer)))
-    # API keys Kafka does not define are forwarded (the broker judges them) and counted together
-    # as "other": a client making keys up cannot add a series per key.
-    for correlation_id, api_key in ((3, 9999), (4, 12345)):
+    # An API the proxy never reads (ListOffsets) has its own series too. Keys Kafka does not
+    # define are forwarded (the broker judges them) and counted together as "other": a client
+    # making keys up cannot add a series per key.
+    for correlation_id, api_key in ((3, 9999), (4, 12345), (5, 2)):
         exchange.from_client(struct.pack(">ihhih", 10, api_key, 0, correlation_id, -1))
         exchange.from_server(struct.pack(">ii", 4, correlation_id))
 
@@ -250,9 +251,11 @@ def test_requests_and_responses_are_counted_per_api(exchange: KafkaExchange) -> 
     assert metrics.value("request_bytes", api_key=3) == sum(s for s, _ in sizes)
     assert metrics.value("response_bytes", api_key=3) == sum(a for _, a in sizes)
     assert metrics.value("requests", api_key="other") == 2
+    assert metrics.value("request_bytes", api_key="other") == 28
     assert metrics.value("response_bytes", api_key="other") == 16
+    assert metrics.value("requests", api_key=2) == 1
     counts = {dict(labels)["api_key"]: count for _, labels, _, _, count in metrics.histograms()}
-    assert counts == {"3": 2, "other": 2}
+    assert counts == {"2": 1, "3": 2, "other": 2}
 
 
 def test_a_response_to_no_outstanding_request_is_a_protocol_error(
