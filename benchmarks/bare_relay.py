@@ -18,6 +18,8 @@ from typing import cast
 
 import uvloop
 
+from proxy.allocator import keep_large_buffers_on_heap
+
 HIGH_WATER = 1 << 20  # the proxy's default KTP_BUFFER_HIGH_WATER_BYTES
 _dialling: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
@@ -32,8 +34,8 @@ class _End(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
-        if self.peer is not None:  # the upstream side: introduce it to the client's
-            self.peer.peer = self
+        if isinstance(self.peer, _Client):  # the upstream side is open: the client may go on
+            self.peer.attach(self)
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.peer.transport is not None
@@ -89,17 +91,22 @@ class _Client(_End):
             await loop.create_connection(lambda: _End(peer=self), "127.0.0.1", self._upstream_port)
         except OSError:
             self.close()
-            return
+
+    def attach(self, upstream: _End) -> None:
+        """The upstream connection is open: send what was read early, then read on."""
+        self.peer = upstream
+        assert upstream.transport is not None
         if self.transport is None or self.transport.is_closing():
             self.close()  # the client left while we dialled: drop the upstream side too
             return
-        assert self.peer is not None and self.peer.transport is not None
-        self.peer.transport.writelines(self._early)
+        upstream.transport.writelines(self._early)
         self._early.clear()
-        self.transport.resume_reading()
+        if upstream.transport.get_write_buffer_size() <= HIGH_WATER:  # else resume_writing will
+            self.transport.resume_reading()
 
 
 async def serve(listen_port: int, upstream_port: int) -> None:
+    """Relay every connection to `listen_port` to its own connection to `upstream_port`."""
     loop = asyncio.get_running_loop()
 
     def accept() -> _Client:
@@ -115,6 +122,7 @@ async def serve(listen_port: int, upstream_port: int) -> None:
 
 def main() -> None:
     listen_port, upstream_port = (int(arg) for arg in sys.argv[1:3])
+    keep_large_buffers_on_heap()  # as the proxy does (KTP_TUNE_ALLOCATOR), for a fair floor
     uvloop.run(serve(listen_port, upstream_port))
 
 

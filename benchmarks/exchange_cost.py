@@ -13,10 +13,11 @@ Python work from syscalls and the broker. The pairs:
 
     .venv/bin/python -m benchmarks.exchange_cost [--switch MIB]
 
-With `--switch MIB` every request first hands the CPU to another process that writes MIB of
-memory and hands it back, as the broker and the client do between two requests the relay handles:
-the figure is then the CPU time the same work costs when it runs on cold caches after a wake-up
-(the hand-over itself is measured alone and taken out).
+With `--switch MIB` every request first hands the CPU to another process, pinned to the same
+CPU, that writes MIB of memory and hands it back, as the broker and the clients do between two
+requests the relay handles (`cache_thrasher.py`). The figure is then this process's CPU time for
+the same work on cold caches: the best round with the hand-overs, less the best round of the
+hand-overs alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
+from benchmarks.cache_thrasher import CacheThrasher
 from benchmarks.tracing_cost import core
 from proxy.allocator import keep_large_buffers_on_heap
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
@@ -43,6 +44,7 @@ from proxy.exchange import KafkaExchange
 from proxy.interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from proxy.metrics import Metrics
 from proxy.tracing.consumer import FetchTracer
+from proxy.tracing.export import SpanPipeline
 from proxy.tracing.producer import ProduceTracer
 from proxy.tracing.traceparent import format_traceparent
 
@@ -113,13 +115,15 @@ PAIRS: dict[str, Callable[[], tuple[bytes, bytes]]] = {
 }
 
 
-def exchange(tracing: bool) -> KafkaExchange:
+def exchange(tracing: bool) -> tuple[KafkaExchange, SpanPipeline | None]:
+    """A connection's exchange, and the span pipeline to shut down after (tracing only)."""
     metrics = Metrics()
     interceptors: list[object] = []
+    pipeline = None
     if tracing:
-        tracing_core, _, _ = core("0.01")
+        tracing_core, _, pipeline = core("0.01")
         interceptors = [ProduceTracer(tracing_core, metrics), FetchTracer(tracing_core, metrics)]
-    return KafkaExchange(
+    relay = KafkaExchange(
         ConnectionContext(1, ("127.0.0.1", 1), BrokerEndpoint(1, "broker", 9092)),
         brokers=BrokerDirectory("127.0.0.1", PortMapping(20000, {})),
         topics=TopicNames(),
@@ -127,34 +131,7 @@ def exchange(tracing: bool) -> KafkaExchange:
         metrics=metrics,
         max_frame_size=1 << 27,
     )
-
-
-class CacheThrasher:
-    """A child process that, handed the CPU, writes `mib` MiB of memory and hands it back."""
-
-    def __init__(self, mib: int) -> None:
-        self._to_child_r, self._to_child = os.pipe()
-        self._from_child, self._to_parent = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: no return from here
-            os.close(self._to_child)  # so that the parent's close() reaches it as end of file
-            os.close(self._from_child)
-            block = bytearray(mib << 20)
-            zeros = bytes(len(block[::64]))
-            while os.read(self._to_child_r, 1):
-                block[::64] = zeros  # one write per cache line
-                os.write(self._to_parent, b"x")
-            os._exit(0)
-        os.close(self._to_child_r)
-        os.close(self._to_parent)
-
-    def hand_over(self) -> None:
-        os.write(self._to_child, b"x")
-        os.read(self._from_child, 1)
-
-    def close(self) -> None:
-        os.close(self._to_child)
-        os.waitpid(self.pid, 0)
+    return relay, pipeline
 
 
 def cost(
@@ -165,31 +142,36 @@ def cost(
     thrasher: CacheThrasher | None = None,
 ) -> float:
     """µs per request+response, the best of `rounds` rounds (a shared machine only ever adds
-    time); the response is fed in socket-sized reads. With a `thrasher`, the CPU time of this
-    process per request, less that of the hand-over alone."""
+    time); the response is fed in socket-sized reads. With a `thrasher`, this process's CPU time
+    per request, less that of the hand-overs alone (each the best of its rounds)."""
     request, response = pair
     reads = [response[i : i + READ_SIZE] for i in range(0, len(response), READ_SIZE)]
-    relay = exchange(tracing)
+    relay, pipeline = exchange(tracing)
     per_round = max(1, requests // rounds)
     clock = time.perf_counter if thrasher is None else time.process_time
     hand_over = thrasher.hand_over if thrasher is not None else (lambda: None)
-    best = float("inf")
-    for _ in range(rounds):
-        started = clock()
-        for _ in range(per_round):
-            hand_over()
-            relay.from_client(request)
-            for data in reads:
-                for action in relay.from_server(data).after_send:
-                    action()
-        spent = clock() - started
-        if thrasher is not None:
+    best = baseline = float("inf")
+    try:
+        for _ in range(rounds):
             started = clock()
             for _ in range(per_round):
                 hand_over()
-            spent -= clock() - started
-        best = min(best, spent / per_round * 1e6)
-    return best
+                relay.from_client(request)
+                for data in reads:
+                    for action in relay.from_server(data).after_send:
+                        action()
+            best = min(best, clock() - started)
+            if thrasher is not None:
+                started = clock()
+                for _ in range(per_round):
+                    hand_over()
+                baseline = min(baseline, clock() - started)
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown()
+    if thrasher is not None:
+        best -= baseline
+    return best / per_round * 1e6
 
 
 def main() -> None:
@@ -200,12 +182,16 @@ def main() -> None:
         "--switch",
         type=int,
         metavar="MIB",
-        help="before each request, let another process write MIB of memory (cold caches)",
+        help="before each request, let another process on the same CPU write MIB of memory",
     )
     args = parser.parse_args()
+    if args.switch is not None and args.switch < 1:
+        parser.error("--switch needs at least 1 MiB")
     keep_large_buffers_on_heap()  # as the proxy does at start (KTP_TUNE_ALLOCATOR)
     random.seed(1)
     thrasher = CacheThrasher(args.switch) if args.switch is not None else None
+    if thrasher is not None:
+        print(f"cold caches: {args.switch} MiB written on CPU {thrasher.cpu} before each request")
     try:
         for name in args.only.split(",") if args.only else PAIRS:
             pair = PAIRS[name]()

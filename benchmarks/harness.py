@@ -152,16 +152,16 @@ class BenchCluster(KafkaCluster):
 
     def __init__(self, workdir: Path, *, heap: str = "1g") -> None:
         super().__init__("4", 1, workdir, heap=heap)
-        self.relay_port = free_port()
+        self.relay_listener_port = free_port()
         self.socat_port = free_port()
-        self.bare_relay_port = free_port()
+        self.bare_listener_port = free_port()
         self.pyrelay_port = free_port()
 
     def _node_config(self, node: KafkaNode, voters: str) -> dict[str, Any]:
         config = super()._node_config(node, voters)
         if node.is_broker:
             config["listeners"] += (
-                f",RELAY://127.0.0.1:{self.relay_port},BARE://127.0.0.1:{self.bare_relay_port}"
+                f",RELAY://127.0.0.1:{self.relay_listener_port},BARE://127.0.0.1:{self.bare_listener_port}"
             )
             config["advertised.listeners"] += (
                 f",RELAY://127.0.0.1:{self.socat_port},BARE://127.0.0.1:{self.pyrelay_port}"
@@ -308,7 +308,7 @@ class RunningPath:
             socat = shutil.which("socat")
             if socat is None:
                 raise RuntimeError(SOCAT_INSTALL_HINT)
-            port, relay = self.cluster.socat_port, self.cluster.relay_port
+            port, relay = self.cluster.socat_port, self.cluster.relay_listener_port
             cmd = [
                 socat,
                 "-b65536",
@@ -319,7 +319,7 @@ class RunningPath:
             wait_listening(port, self._byte_relay, 10)
             self._ps = psutil.Process(self._byte_relay.pid)
         elif spec.kind == "pyrelay":
-            port, relay = self.cluster.pyrelay_port, self.cluster.bare_relay_port
+            port, relay = self.cluster.pyrelay_port, self.cluster.bare_listener_port
             cmd = [
                 self.python or sys.executable,
                 "-m",
@@ -444,7 +444,7 @@ def started_paths(
     specs: list[PathSpec], cluster: BenchCluster, workdir: Path, python: str | None = None
 ) -> Iterator[dict[str, RunningPath]]:
     """Start every path (and verify what each advertises); stop them all on the way out.
-    `python` runs the proxies (default: this interpreter)."""
+    `python` runs the proxies and the bare relay (default: this interpreter)."""
     running: dict[str, RunningPath] = {}
     try:
         for spec in specs:
@@ -506,7 +506,7 @@ class LeakWatcher:
         """Client ports of established PLAINTEXT connections, and the connection count on each
         byte relay's listener (RELAY for socat, BARE for pyrelay)."""
         cluster = self.path.cluster
-        listeners = {cluster.relay_port: "socat", cluster.bare_relay_port: "pyrelay"}
+        listeners = {cluster.relay_listener_port: "socat", cluster.bare_listener_port: "pyrelay"}
         plain: set[int] = set()
         relayed = dict.fromkeys(listeners.values(), 0)
         for conn in psutil.Process(cluster.broker_pid).net_connections("tcp"):

@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
 import tomllib
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from testbed.kafka import cache_dir
@@ -76,9 +78,20 @@ def proxy_interpreter(requested: str) -> Interpreter:
 
 
 def runtime_requirements() -> list[str]:
-    """The project's dependencies plus its `fast` extra (uvloop), as pyproject.toml names them."""
+    """The project's dependencies plus its `fast` extra (uvloop), pinned to the versions this
+    venv runs, so that the two interpreters differ in nothing else."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["fast"]]
+    pinned = []
+    for requirement in (*project["dependencies"], *project["optional-dependencies"]["fast"]):
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement)
+        assert name is not None, requirement
+        try:
+            pinned.append(f"{name.group()}=={version(name.group())}")
+        except PackageNotFoundError:
+            raise InterpreterError(
+                f"{name.group()} is not installed in this venv; run scripts/setup first"
+            ) from None
+    return pinned
 
 
 def describe(python: str, facts: dict[str, str]) -> str:
@@ -93,37 +106,46 @@ def describe(python: str, facts: dict[str, str]) -> str:
 
 
 def _probe(python: str) -> dict[str, str]:
+    out = _output([python, "-c", _PROBE], f"--proxy-python {python} does not run", timeout=30)
     try:
-        out = subprocess.run(
-            [python, "-c", _PROBE], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise InterpreterError(f"--proxy-python {python} does not run: {exc}") from None
-    facts: dict[str, str] = json.loads(out)
-    return facts
+        facts: dict[str, str] = json.loads(out.splitlines()[-1])
+        return {key: str(facts[key]) for key in ("version", "soabi", "executable", "config_args")}
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise InterpreterError(
+            f"--proxy-python {python} is not a CPython that reports its build: {out[-300:]!r}"
+        ) from None
 
 
 def _check_compiled(python: Path) -> None:
     """The proxy must run its compiled loops there too, or the comparison means nothing."""
-    out = subprocess.run(
+    out = _output(
         [str(python), "-c", "import proxy.codec.native as n; print(n.describe())"],
-        capture_output=True,
-        text=True,
+        f"the proxy does not start under {python}",
         timeout=60,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
-    if out.returncode != 0 or out.stdout.strip() != "compiled":
+    if out.strip() != "compiled":
         raise InterpreterError(
-            f"the proxy does not load its compiled extension under {python}: "
-            f"{(out.stdout + out.stderr).strip()[-300:]}"
+            f"the proxy does not load its compiled extension under {python}: {out.strip()[-300:]}"
         )
 
 
 def _run(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise InterpreterError(
-            f"could not {what} for --proxy-python ({' '.join(cmd[:3])} ...): "
-            f"{(done.stdout + done.stderr).strip()[-500:]}"
+    _output(cmd, f"could not {what} for --proxy-python ({' '.join(cmd[:3])} ...)", timeout=900)
+
+
+def _output(cmd: list[str], failure: str, *, timeout: float) -> str:
+    """The command's standard output; InterpreterError (with its output's tail) if it fails."""
+    try:
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InterpreterError(f"{failure}: {exc}") from None
+    if done.returncode != 0:
+        raise InterpreterError(f"{failure}: {(done.stdout + done.stderr).strip()[-500:]}")
+    return done.stdout

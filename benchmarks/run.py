@@ -266,15 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("socat") is None and "socat" in select_paths(args.only):
         print(f"error: {SOCAT_INSTALL_HINT} (or leave it out: --only ...)", file=sys.stderr)
         return 2
+    path_names = select_paths(args.only)
+    python_paths = [n for n in path_names if PATHS[n].kind in ("proxy", "pyrelay")]
     try:
         interpreter = (
-            proxy_interpreter(args.proxy_python) if args.proxy_python else running_interpreter()
+            proxy_interpreter(args.proxy_python)
+            if args.proxy_python and python_paths
+            else running_interpreter()
         )
     except InterpreterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     install_signal_handlers()
-    path_names = select_paths(args.only)
     loads = select_loads(args.loads, args.quick)
     loads_module.FULL_JIT = not args.quick
     reps = 1 if args.quick else args.reps
