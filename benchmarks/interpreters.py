@@ -72,7 +72,7 @@ def proxy_interpreter(requested: str) -> Interpreter:
         print(f"==> creating {venv} on {requested} for the proxy (once)", flush=True)
         _run([requested, "-m", "venv", "--clear", str(venv)], "create a venv")
         _run([str(python), "-m", "pip", "install", "--quiet", *requirements], "install")
-        marker.touch()
+    marker.touch()  # in use: scripts/setup removes venvs whose stamp is two weeks old
     _check_compiled(python)
     return Interpreter(str(python), describe(requested, facts))
 
