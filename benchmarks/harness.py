@@ -315,22 +315,15 @@ class RunningPath:
                 f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
                 f"TCP:127.0.0.1:{relay},nodelay",
             ]
-            self._byte_relay = spawn(cmd, self.workdir / "socat.log")
-            wait_listening(port, self._byte_relay, 10)
-            self._ps = psutil.Process(self._byte_relay.pid)
+            self._start_byte_relay(cmd, port)
         elif spec.kind == "pyrelay":
             port, relay = self.cluster.pyrelay_port, self.cluster.bare_listener_port
-            cmd = [
-                self.python or sys.executable,
-                "-m",
-                "benchmarks.bare_relay",
-                str(port),
-                str(relay),
-            ]
-            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-            self._byte_relay = spawn(cmd, self.workdir / "pyrelay.log", env=env, cwd=REPO_ROOT)
-            wait_listening(port, self._byte_relay, 10)
-            self._ps = psutil.Process(self._byte_relay.pid)
+            python = self.python or sys.executable
+            self._start_byte_relay(
+                [python, "-m", "benchmarks.bare_relay", str(port), str(relay)],
+                port,
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            )
         elif spec.kind == "proxy":
             env = {
                 "KTP_LOG_LEVEL": "warning",
@@ -351,6 +344,16 @@ class RunningPath:
             )
             self.proxy.start()
             self._ps = psutil.Process(self.proxy.pid)
+
+    def _start_byte_relay(
+        self, cmd: list[str], port: int, env: dict[str, str] | None = None
+    ) -> None:
+        """Start socat or the bare relay, listening on `port`, as the process to account."""
+        self._byte_relay = spawn(
+            cmd, self.workdir / f"{self.spec.name}.log", env=env, cwd=REPO_ROOT
+        )
+        wait_listening(port, self._byte_relay, 10)
+        self._ps = psutil.Process(self._byte_relay.pid)
 
     def stop(self) -> None:
         if self.proxy is not None:

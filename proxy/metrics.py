@@ -62,10 +62,6 @@ class Metrics:
             key = self._keys[raw] = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
         return key
 
-    def observe(self, name: str, value: float, **labels: object) -> None:
-        """Add an observation to a latency histogram."""
-        self.histogram(name, **labels).observe(value)
-
     def histogram(self, name: str, **labels: object) -> BoundHistogram:
         """A histogram series to observe many times; it is listed (empty) from then on."""
         key = self._key(name, labels)

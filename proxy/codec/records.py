@@ -737,20 +737,8 @@ def splice_one_header_each_python(
     return b"".join(pieces)
 
 
-_compiled_splice = native.compiled.splice_one_header_each if native.compiled else None
-
-
-def _splice_one_header_each_compiled(
-    body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
-) -> bytes | None:
-    try:
-        return _compiled_splice(body, encoded, wanted, starts)  # type: ignore[misc]
-    except ValueError as exc:
-        raise RecordBatchError(str(exc)) from None
-
-
-splice_one_header_each = (
-    _splice_one_header_each_compiled if native.compiled else splice_one_header_each_python
+splice_one_header_each = native.twin(
+    "splice_one_header_each", splice_one_header_each_python, error=RecordBatchError
 )
 
 

@@ -12,7 +12,7 @@ import bisect
 import collections
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import server_attributes
@@ -94,10 +94,8 @@ def sampled_traceparent_positions_python(data: bytes, start: int, end: int) -> l
 
 
 #: The compiled twin (`_speedups.c`) when built: a memchr scan, over ten times faster.
-sampled_traceparent_positions: Callable[[bytes, int, int], list[int]] = (
-    native.compiled.sampled_traceparent_positions
-    if native.compiled
-    else sampled_traceparent_positions_python
+sampled_traceparent_positions = native.twin(
+    "sampled_traceparent_positions", sampled_traceparent_positions_python
 )
 
 

@@ -21,8 +21,8 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from proxy.codec import native
 from proxy.codec.records import (
     RecordBatchError,
-    _splice_one_header_each_compiled,
     iter_batches,
+    splice_one_header_each,
     splice_one_header_each_python,
 )
 from proxy.tracing.consumer import sampled_traceparent_positions_python
@@ -60,7 +60,7 @@ def outcome(
     return ("ok", result, starts)
 
 
-compiled_splice = _splice_one_header_each_compiled
+compiled_splice = splice_one_header_each  # the compiled twin, as the proxy binds it
 
 
 def assert_same_splice(body: bytes, count: int, wanted: list[int]) -> tuple[str, object]:
