@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "proxy.codec._speedups",
-            sources=["proxy/codec/_speedups.c"],
+            sources=["proxy/codec/_speedups.c", "proxy/codec/_schema_walk.c"],
+            depends=["proxy/codec/_schema_walk.h"],
             optional=True,
         )
     ]

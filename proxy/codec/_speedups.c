@@ -1,4 +1,4 @@
-/* Compiled versions of the loops that run once per record on the proxy's hot path.
+/* Compiled versions of the loops that run once per record or message on the proxy's hot path.
  *
  * Each function does exactly what its pure-Python twin does (same results, the same inputs
  * refused), only faster; the Python modules fall back to the twins when this extension is not
@@ -7,9 +7,12 @@
  *   sampled_traceparent_positions  proxy/tracing/consumer.py     (find sampled contexts in records)
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
+ *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
+ *                                                                 walk before decoding)
  *
  * The input is a peer's bytes: every read is bounds-checked, malformed input raises ValueError
- * (the callers turn it into RecordBatchError), and nothing here keeps a reference or state.
+ * (the callers turn it into RecordBatchError or ProtocolError), and nothing here keeps a reference
+ * or state.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -17,6 +20,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
 static const unsigned char WIRE_PREFIX[] = "\x16traceparent\x6e";
@@ -465,13 +470,14 @@ static PyMethodDef speedups_methods[] = {
      sampled_traceparent_positions_doc},
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
     {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
+    {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     "proxy.codec._speedups",
-    "Compiled twins of the per-record loops of the codec and the fetch skim.",
+    "Compiled twins of the hot loops of the codec, the fetch skim and the schema walk.",
     -1,
     speedups_methods,
     NULL,

@@ -2,20 +2,23 @@
 
 kio's reader reserves memory for an array from the element count on the wire before reading any
 element, so a request announcing four billion elements makes it ask for tens of GiB and abort the
-whole process. This walk follows the same schema in Python and rejects any array whose count is
-larger than the bytes left in the frame (every element takes at least one byte), which no honest
-client ever sends. It only measures; decoding stays kio's job.
+whole process. This walk follows the same schema and rejects any array whose count is larger
+than the bytes left in the frame (every element takes at least one byte), which no honest client
+ever sends. It only measures; decoding stays kio's job. It runs compiled (`_schema_walk.c`, from
+a description of each schema made here) when the extension is built, else in Python; both give
+the same results.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from functools import cache, partial
+from typing import Any
 
 from kio.serial import _introspect as introspect
 
+from . import native
 from .errors import ProtocolError
 
 _FIXED_SIZES = {
@@ -112,57 +115,113 @@ def _nullable(entity: _Step) -> _Step:
     return walk
 
 
-def _field_step(field: dataclasses.Field[object], flexible: bool) -> tuple[int | None, _Step]:
-    """The step over one field, with its size when that is fixed (a single primitive)."""
+# A schema is described once per entity as nested tuples of steps, which both walks follow: the
+# compiled twin (`_schema_walk.c`) interprets them, the Python walk turns them into closures.
+FIXED, SIZED, ARRAY, ENTITY, NULLABLE = range(5)
+#: (FIXED, size) | (SIZED, flexible, width) | (ARRAY, flexible, element) | (ENTITY, entity) |
+#: (NULLABLE, entity); in a program for the compiled walk, the entity is its program.
+WalkStep = tuple[Any, ...]
+#: (flexible, steps over the untagged fields, ((tag, step), ...)).
+Description = tuple[int, tuple[WalkStep, ...], tuple[tuple[int, WalkStep], ...]]
+
+
+def _field_description(field: dataclasses.Field[object], flexible: bool) -> WalkStep:
     kind = introspect.classify_field(field)
-    fixed = None
+    one: WalkStep
     if isinstance(kind, introspect.EntityField | introspect.EntityTupleField):
-        one = _entity_step(kind.type_)
-        if isinstance(kind, introspect.EntityField) and introspect.is_optional(field):
-            one = _nullable(one)
+        nullable = isinstance(kind, introspect.EntityField) and introspect.is_optional(field)
+        one = (NULLABLE if nullable else ENTITY, kind.type_)
     else:
         kafka_type = introspect.get_schema_field_type(field)
         fixed = _FIXED_SIZES.get(kafka_type)
         if fixed is not None:
-            one = _skip_fixed(fixed)
+            one = (FIXED, fixed)
         else:
-            one = _skip_sized(flexible, 2 if kafka_type == "string" else 4)
-    if kind.is_array:
-        return None, _array(one, flexible)
-    return fixed, one
+            one = (SIZED, int(flexible), 2 if kafka_type == "string" else 4)
+    return (ARRAY, int(flexible), one) if kind.is_array else one
 
 
-def _merged(steps: list[tuple[int | None, _Step]]) -> tuple[_Step, ...]:
+def _merged(steps: list[WalkStep]) -> tuple[WalkStep, ...]:
     """Runs of fixed-size fields become one skip."""
-    merged: list[_Step] = []
+    merged: list[WalkStep] = []
     run = 0
-    for fixed, step in steps:
-        if fixed is not None:
-            run += fixed
+    for step in steps:
+        if step[0] == FIXED:
+            run += step[1]
             continue
         if run:
-            merged.append(_skip_fixed(run))
+            merged.append((FIXED, run))
             run = 0
         merged.append(step)
     if run:
-        merged.append(_skip_fixed(run))
+        merged.append((FIXED, run))
     return tuple(merged)
+
+
+@cache
+def _describe(entity: type) -> Description:
+    """The walk over a kio entity: its untagged fields in order, then its tagged ones."""
+    flexible = bool(entity.__flexible__)
+    plain: list[WalkStep] = []
+    tagged: list[tuple[int, WalkStep]] = []
+    for field in dataclasses.fields(entity):
+        step = _field_description(field, flexible)
+        tag = introspect.get_field_tag(field)
+        if tag is None:
+            plain.append(step)
+        else:
+            tagged.append((int(tag), step))
+    return int(flexible), _merged(plain), tuple(tagged)
+
+
+# -- the compiled walk: programs ---------------------------------------------------------------
+
+
+def _program_step(step: WalkStep) -> WalkStep:
+    if step[0] in (ENTITY, NULLABLE):
+        return (step[0], _program(step[1]))
+    if step[0] == ARRAY:
+        return (ARRAY, step[1], _program_step(step[2]))
+    return step
+
+
+@cache
+def _program(entity: type) -> Description:
+    """The description of `entity` with every nested entity replaced by its own program."""
+    flexible, plain, tagged = _describe(entity)
+    return (
+        flexible,
+        tuple(_program_step(step) for step in plain),
+        tuple((tag, _program_step(step)) for tag, step in tagged),
+    )
+
+
+# -- the Python walk: closures -----------------------------------------------------------------
+
+
+@cache
+def _closure(step: WalkStep) -> _Step:
+    kind = step[0]
+    if kind == FIXED:
+        return _skip_fixed(step[1])
+    if kind == SIZED:
+        return _skip_sized(bool(step[1]), step[2])
+    if kind == ARRAY:
+        return _array(_closure(step[2]), bool(step[1]))
+    # Nested entities are looked up when walking, not now: they compile on first use.
+    walk = partial(_walk_entity, step[1])
+    return _nullable(walk) if kind == NULLABLE else walk
 
 
 @cache
 def _entity_parts(entity: type) -> tuple[tuple[_Step, ...], dict[int, _Step], bool]:
     """(steps over the untagged fields in order, tag -> step, flexible) of a kio entity."""
-    flexible = bool(entity.__flexible__)
-    plain: list[tuple[int | None, _Step]] = []
-    tagged: dict[int, _Step] = {}
-    for field in dataclasses.fields(entity):
-        fixed, step = _field_step(field, flexible)
-        tag = introspect.get_field_tag(field)
-        if tag is None:
-            plain.append((fixed, step))
-        else:
-            tagged[int(tag)] = step
-    return _merged(plain), tagged, flexible
+    flexible, plain, tagged = _describe(entity)
+    return (
+        tuple(_closure(step) for step in plain),
+        {tag: _closure(step) for tag, step in tagged},
+        bool(flexible),
+    )
 
 
 def _walk_tags(tagged: dict[int, _Step], data: memoryview, pos: int, tags: list[int] | None) -> int:
@@ -179,12 +238,6 @@ def _walk_tags(tagged: dict[int, _Step], data: memoryview, pos: int, tags: list[
     return pos
 
 
-@cache
-def _entity_step(entity: type) -> _Step:
-    # Its parts are looked up when walking, not now: nested entities compile on first use.
-    return partial(_walk_entity, entity)
-
-
 def _walk_entity(entity: type, data: memoryview, pos: int, tags: list[int] | None = None) -> int:
     """Walk one entity; the tags of its own tagged fields are appended to `tags` if given."""
     plain, tagged, flexible = _entity_parts(entity)
@@ -193,11 +246,36 @@ def _walk_entity(entity: type, data: memoryview, pos: int, tags: list[int] | Non
     return _walk_tags(tagged, data, pos, tags) if flexible else pos
 
 
+#: Where a walked message ends, and its own tags; None: the walk could not finish.
+Walked = tuple[int, list[int]] | None
+
+
+def walk_python(schema: type, body: bytes | memoryview, offset: int) -> Walked:
+    """Walk the message at `offset`: (where it ends, its own tags), or None when the walk cannot
+    finish. The reference for the compiled walk."""
+    tags: list[int] = []
+    try:
+        return _walk_entity(schema, memoryview(body), offset, tags), tags
+    except (_Incomplete, IndexError):
+        return None
+
+
+def _walk_compiled(schema: type, body: bytes | memoryview, offset: int) -> Walked:
+    assert native.compiled is not None
+    try:
+        return native.compiled.walk_schema(_program(schema), body, offset)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+#: The walk the proxy runs: the compiled one when the extension is built.
+walk = _walk_compiled if native.compiled is not None else walk_python
+
+
 def check_array_counts(schema: type, body: memoryview, offset: int) -> None:
     """Raise ProtocolError if any array in the message announces more elements than can fit."""
     # Truncated or odd input stops the walk: kio's reader then reports it without over-allocating.
-    with contextlib.suppress(_Incomplete, IndexError):
-        _walk_entity(schema, body, offset)
+    walk(schema, body, offset)
 
 
 def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ...] | None:
@@ -207,9 +285,7 @@ def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ..
     empty answer lets the proxy forward such a response without decoding it first. None: the
     walk could not finish or left bytes over, so only a full decode can judge the message.
     """
-    tags: list[int] = []
-    try:
-        end = _walk_entity(schema, body, offset, tags)
-    except (_Incomplete, IndexError):
+    walked = walk(schema, body, offset)
+    if walked is None or walked[0] != len(body):
         return None
-    return tuple(tags) if end == len(body) else None
+    return tuple(walked[1])

@@ -9,14 +9,15 @@ tagged fields. Header v0 requests (no client_id) are gone from Kafka 4 and not a
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .apis import request_is_flexible, response_is_flexible
 from .errors import ProtocolError
 from .varint import read_uvarint
 
 _REQUEST_PREFIX = struct.Struct(">hhi")
-_INT16 = struct.Struct(">h")
+#: The routing prefix and the client id's length.
+_REQUEST_START = struct.Struct(">hhih")
 _INT32 = struct.Struct(">i")
 
 #: Bytes of a request frame's body needed to route it: api key, version, correlation id.
@@ -25,8 +26,10 @@ REQUEST_PEEK_SIZE = _REQUEST_PREFIX.size
 RESPONSE_PEEK_SIZE = _INT32.size
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHeader:
+class RequestHeader(NamedTuple):
+    """A parsed request header (a named tuple: built for every held request, it is 3x cheaper
+    to make than a frozen dataclass)."""
+
     api_key: int
     api_version: int
     correlation_id: int
@@ -51,6 +54,8 @@ def peek_correlation_id(body: bytes | memoryview) -> int:
 
 def skip_tagged_fields(body: bytes | memoryview, offset: int) -> int:
     """Offset just past a tagged-field section starting at `offset`."""
+    if offset < len(body) and body[offset] == 0:
+        return offset + 1  # no tagged fields: nearly every header
     count, offset = read_uvarint(body, offset)
     for _ in range(count):
         _tag, offset = read_uvarint(body, offset)
@@ -63,18 +68,17 @@ def skip_tagged_fields(body: bytes | memoryview, offset: int) -> int:
 
 def parse_request_header(body: bytes | memoryview) -> RequestHeader:
     """Decode a request header; `size` is None for APIs kio does not know."""
-    api_key, api_version, correlation_id = peek_request(body)
-    offset = REQUEST_PEEK_SIZE
-    if len(body) < offset + 2:
+    if len(body) < _REQUEST_START.size:
+        peek_request(body)  # raises for a body shorter than the routing prefix
         raise ProtocolError("request header ends before its client id")
-    (length,) = _INT16.unpack_from(body, offset)
-    offset += 2
+    api_key, api_version, correlation_id, length = _REQUEST_START.unpack_from(body, 0)
+    offset = _REQUEST_START.size
     client_id: str | None = None
     if length >= 0:
         if offset + length > len(body):
             raise ProtocolError("client id runs past the end of the frame")
         try:
-            client_id = bytes(body[offset : offset + length]).decode("utf-8")
+            client_id = str(body[offset : offset + length], "utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError("client id is not valid UTF-8") from exc
         offset += length

@@ -8,11 +8,14 @@ so a Produce or Fetch response without broker addresses is forwarded without bei
 from __future__ import annotations
 
 import datetime
+import random
+from collections.abc import Callable
 
 import pytest
 from kio.schema.produce.v11 import response as produce11
 from kio.static.primitive import i32
 
+from proxy.codec import guard, native
 from proxy.codec.apis import ApiKey, request_schema, response_schema
 from proxy.codec.errors import ProtocolError
 from proxy.codec.guard import check_array_counts, top_level_tags
@@ -107,3 +110,57 @@ def test_an_array_announcing_more_elements_than_bytes_left_is_refused() -> None:
         check_array_counts(schema, memoryview(bytes(body)), 5)
     with pytest.raises(ProtocolError, match="announces"):
         top_level_tags(schema, memoryview(bytes(body)), 5)
+
+
+# --- the compiled walk against the Python walk --------------------------------------------------
+
+
+def _outcome(run: Callable[[], object]) -> object:
+    try:
+        return run()
+    except ProtocolError as exc:
+        return ("refused", str(exc))
+
+
+def _both_walks(schema: type, body: bytes, offset: int) -> tuple[object, object]:
+    python = _outcome(lambda: guard.walk_python(schema, body, offset))
+    compiled = _outcome(lambda: guard._walk_compiled(schema, body, offset))
+    return python, compiled
+
+
+def test_the_proxy_runs_the_compiled_walk() -> None:
+    assert native.compiled is not None
+    assert guard.walk is guard._walk_compiled
+
+
+@pytest.mark.parametrize("frame", _params(DECODABLE))
+def test_both_walks_agree_on_every_captured_message_and_its_damaged_copies(
+    frame: CapturedFrame,
+) -> None:
+    schema, offset = _schema_and_offset(frame)
+    body = bytes(frame.body)
+    python, compiled = _both_walks(schema, body, offset)
+    assert python == compiled
+    assert python is not None and python[0] == len(body)  # type: ignore[index]
+    rng = random.Random(frame.id)
+    damaged = [body[:cut] for cut in range(offset, len(body), max(1, len(body) // 40))]
+    for _ in range(60):
+        copy = bytearray(body)
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randrange(offset, len(body)) if len(body) > offset else offset
+            if position < len(copy):
+                copy[position] = rng.choice((0x00, 0x7F, 0x80, 0xFF, rng.randrange(256)))
+        damaged.append(bytes(copy))
+    damaged.append(body + b"\x00\x01")
+    for variant in damaged:
+        python, compiled = _both_walks(schema, variant, offset)
+        assert python == compiled, variant.hex()
+
+
+def test_both_walks_refuse_the_same_lying_array_count() -> None:
+    body = bytearray(_body(fetch_response(endpoints=False)))
+    body[15:16] = b"\xff\xff\xff\xff\x07"
+    python, compiled = _both_walks(response_schema(ApiKey.FETCH, 16), bytes(body), 5)
+    assert python == compiled
+    left = len(body) - 20  # after the 15 bytes before the count and the count's 5
+    assert python == ("refused", f"an array announces {2**31 - 2} elements with {left} bytes left")

@@ -1,0 +1,241 @@
+/* The compiled twin of the guard's schema walk (proxy/codec/guard.py), part of _speedups.
+ *
+ * The walk runs for every Produce and Fetch response (to learn whether it carries KIP-951 node
+ * endpoints, its only top-level tagged field) and before kio decodes any message (to refuse
+ * arrays that announce more elements than the frame holds). In Python it costs 5-10 µs per
+ * message; this interpreter of the same walk costs well under one.
+ *
+ * It does not read kio's schemas itself: guard.py compiles each schema once into a "program" of
+ * nested tuples, and this file interprets it. A program for an entity is
+ *
+ *     (flexible, steps, tagged)    steps: a tuple of steps; tagged: a tuple of (tag, step)
+ *
+ * and a step is one of
+ *
+ *     (0, size)                    fixed-size fields: skip `size` bytes
+ *     (1, flexible, width)         a string or bytes: a length (varint of length + 1 when
+ *                                  flexible, else a signed int of `width` bytes), then the bytes
+ *     (2, flexible, element)       an array: a count (varint of count + 1, or int32), then the
+ *                                  elements, each walked by the step `element`
+ *     (3, program)                 an embedded entity
+ *     (4, program)                 a nullable entity: int8 -1 for null, else the entity
+ *
+ * The results are those of the Python walk: the position where the message ends and the tags of
+ * its own tagged fields, or None when the walk cannot finish (truncated input, an unknown tag);
+ * an array announcing more elements than bytes left raises ValueError. Every read is bounds-checked;
+ * the program is trusted (it comes from guard.py), the bytes are not.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#include "_schema_walk.h"
+
+/* The walk cannot go on: the Python twin's _Incomplete. */
+#define INCOMPLETE (-1)
+/* An exception is set. */
+#define FAILED (-2)
+
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t size;
+} Input;
+
+static Py_ssize_t walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags);
+
+/* An unsigned varint of up to 5 bytes, as guard._uvarint reads it (not masked to 32 bits). */
+static Py_ssize_t
+read_uvarint(const Input *in, Py_ssize_t pos, int64_t *value)
+{
+    int64_t result = 0;
+    for (int count = 0; count < 5; count++) {
+        if (pos + count >= in->size)
+            return INCOMPLETE;
+        unsigned char byte = in->data[pos + count];
+        result |= (int64_t)(byte & 0x7F) << (7 * count);
+        if (!(byte & 0x80)) {
+            *value = result;
+            return pos + count + 1;
+        }
+    }
+    return INCOMPLETE;
+}
+
+static Py_ssize_t
+read_signed(const Input *in, Py_ssize_t pos, int width, int64_t *value)
+{
+    if (pos + width > in->size)
+        return INCOMPLETE;
+    uint64_t raw = 0;
+    for (int i = 0; i < width; i++)
+        raw = (raw << 8) | in->data[pos + i];
+    int shift = 64 - 8 * width;
+    *value = (int64_t)(raw << shift) >> shift;
+    return pos + width;
+}
+
+static long
+item_long(PyObject *tuple, Py_ssize_t index)
+{
+    return PyLong_AsLong(PyTuple_GET_ITEM(tuple, index));
+}
+
+/* A length or count: varint of value + 1 when flexible, else a signed int of `width` bytes. */
+static Py_ssize_t
+read_length(const Input *in, Py_ssize_t pos, int flexible, int width, int64_t *value)
+{
+    if (flexible) {
+        pos = read_uvarint(in, pos, value);
+        *value -= 1;
+        return pos;
+    }
+    return read_signed(in, pos, width, value);
+}
+
+static Py_ssize_t
+walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
+{
+    int64_t value;
+    switch (item_long(step, 0)) {
+    case 0: /* fixed */
+        pos += item_long(step, 1);
+        return pos > in->size ? INCOMPLETE : pos;
+    case 1: /* sized */
+        pos = read_length(in, pos, (int)item_long(step, 1), (int)item_long(step, 2), &value);
+        if (pos < 0)
+            return pos;
+        if (value > 0) {
+            if (value > in->size - pos)
+                return INCOMPLETE;
+            pos += (Py_ssize_t)value;
+        }
+        return pos;
+    case 2: { /* array */
+        pos = read_length(in, pos, (int)item_long(step, 1), 4, &value);
+        if (pos < 0)
+            return pos;
+        if (value > in->size - pos) {
+            PyErr_Format(PyExc_ValueError, "an array announces %lld elements with %zd bytes left",
+                         (long long)value, in->size - pos);
+            return FAILED;
+        }
+        PyObject *element = PyTuple_GET_ITEM(step, 2);
+        for (int64_t i = 0; i < value; i++) {
+            pos = walk_step(element, in, pos);
+            if (pos < 0)
+                return pos;
+        }
+        return pos;
+    }
+    case 3: /* entity */
+        return walk_entity(PyTuple_GET_ITEM(step, 1), in, pos, NULL);
+    case 4: /* nullable entity */
+        pos = read_signed(in, pos, 1, &value);
+        if (pos < 0 || value == -1)
+            return pos;
+        return walk_entity(PyTuple_GET_ITEM(step, 1), in, pos, NULL);
+    default:
+        PyErr_SetString(PyExc_SystemError, "schema walk: unknown step in the program");
+        return FAILED;
+    }
+}
+
+/* The step of a tagged field, NULL for a tag the schema does not define. */
+static PyObject *
+tagged_step(PyObject *tagged, int64_t tag)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(tagged);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(tagged, i);
+        if (item_long(pair, 0) == tag)
+            return PyTuple_GET_ITEM(pair, 1);
+    }
+    return NULL;
+}
+
+static Py_ssize_t
+walk_tags(PyObject *tagged, const Input *in, Py_ssize_t pos, PyObject *tags)
+{
+    int64_t count, tag, size;
+    pos = read_uvarint(in, pos, &count);
+    if (pos < 0)
+        return pos;
+    for (int64_t i = 0; i < count; i++) {
+        pos = read_uvarint(in, pos, &tag);
+        if (pos < 0)
+            return pos;
+        pos = read_uvarint(in, pos, &size);
+        if (pos < 0)
+            return pos;
+        PyObject *step = tagged_step(tagged, tag);
+        if (step == NULL)
+            return INCOMPLETE;
+        pos = walk_step(step, in, pos);
+        if (pos < 0)
+            return pos;
+        if (tags != NULL) {
+            PyObject *key = PyLong_FromLongLong(tag);
+            int failed = key == NULL || PyList_Append(tags, key) < 0;
+            Py_XDECREF(key);
+            if (failed)
+                return FAILED;
+        }
+    }
+    return pos;
+}
+
+static Py_ssize_t
+walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags)
+{
+    PyObject *steps = PyTuple_GET_ITEM(program, 1);
+    Py_ssize_t count = PyTuple_GET_SIZE(steps);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        pos = walk_step(PyTuple_GET_ITEM(steps, i), in, pos);
+        if (pos < 0)
+            return pos;
+    }
+    if (!PyObject_IsTrue(PyTuple_GET_ITEM(program, 0)))
+        return pos;
+    return walk_tags(PyTuple_GET_ITEM(program, 2), in, pos, tags);
+}
+
+const char walk_schema_doc[] =
+"walk_schema(program, body, offset) -> (end, tags) | None\n\n"
+"Walk the message that starts at `offset` in `body` with a program from guard.py. Returns the\n"
+"position where it ends and the list of its own tags, or None when the walk cannot finish;\n"
+"raises ValueError for an array announcing more elements than bytes left.";
+
+PyObject *
+walk_schema(PyObject *self, PyObject *args)
+{
+    PyObject *program;
+    Py_buffer view;
+    Py_ssize_t offset;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!y*n", &PyTuple_Type, &program, &view, &offset))
+        return NULL;
+    if (offset < 0 || offset > view.len || PyTuple_GET_SIZE(program) != 3) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "walk_schema: bad offset or program");
+        return NULL;
+    }
+    PyObject *tags = PyList_New(0);
+    if (tags == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Input in = {(const unsigned char *)view.buf, view.len};
+    Py_ssize_t end = walk_entity(program, &in, offset, tags);
+    PyBuffer_Release(&view);
+    if (end == FAILED) {
+        Py_DECREF(tags);
+        return NULL;
+    }
+    if (end == INCOMPLETE) {
+        Py_DECREF(tags);
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(nN)", end, tags);
+}
