@@ -47,10 +47,13 @@ from .codec.messages import (
     response_top_level_tags,
 )
 from .codec.produce import (
+    RequestLayout,
     iter_request_partitions,
     iter_response_partitions,
+    locate_request_partitions,
     produce_acks,
     replace_records,
+    splice_located,
     splice_records,
 )
 from .groups import GroupDirectory
@@ -243,9 +246,15 @@ class KafkaExchange:
             self._forget(entry)
         if not self._interceptors.produce:
             return held.frame
-        payload = decode_request(ApiKey.PRODUCE, entry.api_version, body, header_size)
+        layout = locate_request_partitions(body, header_size, entry.api_version)
+        payload = None
+        if layout is None:
+            # Only kio can judge this request (or it raises the error the client will see).
+            payload = decode_request(ApiKey.PRODUCE, entry.api_version, body, header_size)
+            partitions = list(iter_request_partitions(payload))
+            layout = RequestLayout(payload.transactional_id, partitions, [])
         replacements: dict[tuple[int, int], bytes] = {}
-        for located in iter_request_partitions(payload):
+        for located in layout.partitions:
             if located.records is None:
                 continue
             partition = ProducePartition(
@@ -253,7 +262,7 @@ class KafkaExchange:
                 topic_id=located.topic_id,
                 partition=located.partition,
                 acks=acks,
-                transactional_id=payload.transactional_id,
+                transactional_id=layout.transactional_id,
                 records=located.records,
                 max_batch_bytes=self._max_batch_bytes,
             )
@@ -277,6 +286,8 @@ class KafkaExchange:
         if not replacements:
             return held.frame
         self._metrics.inc("produce_requests_rewritten")
+        if payload is None:
+            return splice_located(body, layout, entry.api_version, replacements)
         spliced = splice_records(body, header_size, entry.api_version, payload, replacements)
         if spliced is not None:
             return frame(spliced)

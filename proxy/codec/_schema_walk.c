@@ -19,9 +19,12 @@
  *                                  elements, each walked by the step `element`
  *     (3, program)                 an embedded entity
  *     (4, program)                 a nullable entity: int8 -1 for null, else the entity
+ *     (5, id, step)                the step, and (id, start, value start, end) of the bytes it
+ *                                  crossed appended to the captures list, when one is given; the
+ *                                  value of a string or bytes starts after its length (-1: null)
  *
- * The results are those of the Python walk: the position where the message ends and the tags of
- * its own tagged fields, or None when the walk cannot finish (truncated input, an unknown tag);
+ * The results are those of the Python walk (guard.walk_python): the position where the message
+ * ends and the tags of its own tagged fields (and the captures), or None when the walk cannot finish (truncated input, an unknown tag);
  * an array announcing more elements than bytes left raises ValueError. Every read is bounds-checked;
  * the program is trusted (it comes from guard.py), the bytes are not.
  */
@@ -41,6 +44,7 @@
 typedef struct {
     const unsigned char *data;
     Py_ssize_t size;
+    PyObject *captures; /* a list, or NULL: nothing is recorded */
 } Input;
 
 static Py_ssize_t walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags);
@@ -136,6 +140,24 @@ walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
         if (pos < 0 || value == -1)
             return pos;
         return walk_entity(PyTuple_GET_ITEM(step, 1), in, pos, NULL);
+    case 5: { /* capture */
+        PyObject *inner = PyTuple_GET_ITEM(step, 2);
+        Py_ssize_t end = walk_step(inner, in, pos);
+        if (end < 0 || in->captures == NULL)
+            return end;
+        /* Where a string's or bytes' value starts (-1: null); the field's start otherwise. */
+        Py_ssize_t value_start = pos;
+        if (item_long(inner, 0) == 1) {
+            value_start = read_length(in, pos, (int)item_long(inner, 1), (int)item_long(inner, 2),
+                                      &value);
+            if (value < 0)
+                value_start = -1;
+        }
+        PyObject *entry = Py_BuildValue("(Onnn)", PyTuple_GET_ITEM(step, 1), pos, value_start, end);
+        int failed = entry == NULL || PyList_Append(in->captures, entry) < 0;
+        Py_XDECREF(entry);
+        return failed ? FAILED : end;
+    }
     default:
         PyErr_SetString(PyExc_SystemError, "schema walk: unknown step in the program");
         return FAILED;
@@ -202,10 +224,12 @@ walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags)
 }
 
 const char walk_schema_doc[] =
-"walk_schema(program, body, offset) -> (end, tags) | None\n\n"
+"walk_schema(program, body, offset, captures=None) -> (end, tags) | None\n\n"
 "Walk the message that starts at `offset` in `body` with a program from guard.py. Returns the\n"
 "position where it ends and the list of its own tags, or None when the walk cannot finish;\n"
-"raises ValueError for an array announcing more elements than bytes left.";
+"captured fields are appended to `captures` (a list) as (id, start, value start, end).\n"
+"Raises ValueError\n"
+"for an array announcing more elements than bytes left.";
 
 PyObject *
 walk_schema(PyObject *self, PyObject *args)
@@ -213,9 +237,15 @@ walk_schema(PyObject *self, PyObject *args)
     PyObject *program;
     Py_buffer view;
     Py_ssize_t offset;
+    PyObject *captures = Py_None;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!y*n", &PyTuple_Type, &program, &view, &offset))
+    if (!PyArg_ParseTuple(args, "O!y*n|O", &PyTuple_Type, &program, &view, &offset, &captures))
         return NULL;
+    if (captures != Py_None && !PyList_Check(captures)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "walk_schema: captures must be a list or None");
+        return NULL;
+    }
     if (offset < 0 || offset > view.len || PyTuple_GET_SIZE(program) != 3) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "walk_schema: bad offset or program");
@@ -226,7 +256,7 @@ walk_schema(PyObject *self, PyObject *args)
         PyBuffer_Release(&view);
         return NULL;
     }
-    Input in = {(const unsigned char *)view.buf, view.len};
+    Input in = {(const unsigned char *)view.buf, view.len, captures == Py_None ? NULL : captures};
     Py_ssize_t end = walk_entity(program, &in, offset, tags);
     PyBuffer_Release(&view);
     if (end == FAILED) {

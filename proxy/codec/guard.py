@@ -1,19 +1,22 @@
-"""A pre-check of untrusted messages before kio's native reader sees them.
+"""A walk over untrusted messages along kio's schemas, without decoding them.
 
 kio's reader reserves memory for an array from the element count on the wire before reading any
 element, so a request announcing four billion elements makes it ask for tens of GiB and abort the
 whole process. This walk follows the same schema and rejects any array whose count is larger
 than the bytes left in the frame (every element takes at least one byte), which no honest client
-ever sends. It only measures; decoding stays kio's job. It runs compiled (`_schema_walk.c`, from
-a description of each schema made here) when the extension is built, else in Python; both give
-the same results.
+ever sends. On the way it tells where the message ends, which top-level tagged fields it carries,
+and, when asked, where chosen fields lie, so the proxy can find what it needs without a decode.
+
+Each schema is compiled once into a *program* of nested tuples (the layout comes from kio's
+dataclasses, generated from Kafka's JSON specs). The compiled twin (`_schema_walk.c`, built with
+the package) interprets it; `walk_python` is the reference and the fallback without a compiler.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from functools import cache, partial
+from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from kio.serial import _introspect as introspect
@@ -27,13 +30,95 @@ _FIXED_SIZES = {
     "timedelta_i64": 8, "datetime_i64": 8, "uuid": 16,
 }  # fmt: skip
 
+# The steps of a program (see _schema_walk.c, which interprets the same tuples):
+#   (FIXED, size)                    fixed-size fields: skip `size` bytes
+#   (SIZED, flexible, width)         a string or bytes: its length (varint of length + 1 when
+#                                    flexible, else a signed int of `width` bytes), then the bytes
+#   (ARRAY, flexible, element)       a count (varint of count + 1, or int32), then the elements
+#   (ENTITY, program)                an embedded entity
+#   (NULLABLE, program)              int8 -1 for null, else the entity
+#   (CAPTURE, id, step)              the step, and (id, start, value start, end) of what it
+#                                    crossed recorded; a string's or bytes' value starts after
+#                                    its length (-1: null), any other value at the start
+FIXED, SIZED, ARRAY, ENTITY, NULLABLE, CAPTURE = range(6)
+Step = tuple[Any, ...]
+#: (flexible, steps over the untagged fields, ((tag, step), ...) for the tagged ones).
+Program = tuple[int, tuple[Step, ...], tuple[tuple[int, Step], ...]]
+#: Where a walked message ends, and its own tags; None when the walk could not finish.
+Walked = tuple[int, list[int]] | None
+#: (capture id, start, value start, end) of each captured field crossed, in wire order.
+Captures = list[tuple[int, int, int, int]]
+
 
 class _Incomplete(Exception):
     """The walk cannot go on; kio will raise its own ordinary error for this input."""
 
 
-#: A compiled walk over one part of a message: (data, position) -> position after it.
-_Step = Callable[[memoryview, int], int]
+# -- programs -----------------------------------------------------------------------------------
+
+
+def _field_step(field: dataclasses.Field[object], flexible: bool, path: str, capture: Any) -> Step:
+    kind = introspect.classify_field(field)
+    one: Step
+    if isinstance(kind, introspect.EntityField | introspect.EntityTupleField):
+        nullable = isinstance(kind, introspect.EntityField) and introspect.is_optional(field)
+        one = (NULLABLE if nullable else ENTITY, _program(kind.type_, capture, path + "."))
+    else:
+        kafka_type = introspect.get_schema_field_type(field)
+        fixed = _FIXED_SIZES.get(kafka_type)
+        if fixed is not None:
+            one = (FIXED, fixed)
+        else:
+            one = (SIZED, int(flexible), 2 if kafka_type == "string" else 4)
+    return (ARRAY, int(flexible), one) if kind.is_array else one
+
+
+def _merged(steps: list[Step]) -> tuple[Step, ...]:
+    """Runs of fixed-size fields become one skip."""
+    merged: list[Step] = []
+    run = 0
+    for step in steps:
+        if step[0] == FIXED:
+            run += step[1]
+            continue
+        if run:
+            merged.append((FIXED, run))
+            run = 0
+        merged.append(step)
+    if run:
+        merged.append((FIXED, run))
+    return tuple(merged)
+
+
+@cache
+def _program(entity: type, capture: tuple[tuple[str, int], ...] = (), path: str = "") -> Program:
+    """The walk over a kio entity. `capture` names fields by their dotted path from the message
+    (`topic_data.partition_data.records`) with the id to record them under."""
+    wanted = dict(capture)
+    flexible = bool(entity.__flexible__)
+    plain: list[Step] = []
+    tagged: list[tuple[int, Step]] = []
+    for field in dataclasses.fields(entity):
+        field_path = path + field.name
+        step = _field_step(field, flexible, field_path, capture)
+        if field_path in wanted:
+            step = (CAPTURE, wanted[field_path], step)
+        tag = introspect.get_field_tag(field)
+        if tag is None:
+            plain.append(step)
+        else:
+            tagged.append((int(tag), step))
+    return int(flexible), _merged(plain), tuple(tagged)
+
+
+def program(schema: type, capture: Mapping[str, int] | None = None) -> Program:
+    """The (cached) program walking `schema`, recording the fields named in `capture`."""
+    if not capture:
+        return _program(schema)
+    return _program(schema, tuple(sorted(capture.items())))
+
+
+# -- the Python walk ----------------------------------------------------------------------------
 
 
 def _uvarint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -55,215 +140,91 @@ def _int(data: memoryview, pos: int, size: int) -> int:
     return int.from_bytes(data[pos : pos + size], "big", signed=True)
 
 
-def _skip_fixed(size: int) -> _Step:
-    def skip(data: memoryview, pos: int) -> int:
-        pos += size
-        if pos > len(data):
-            raise _Incomplete
-        return pos
-
-    return skip
+def _length(data: memoryview, pos: int, flexible: int, width: int) -> tuple[int, int]:
+    """A length or count: varint of value + 1 when flexible, else a signed int; -1 is null."""
+    if flexible:
+        value, pos = _uvarint(data, pos)
+        return value - 1, pos
+    return _int(data, pos, width), pos + width
 
 
-# The two steps below read a length the same way (a varint of length + 1 when flexible, else a
-# signed integer, -1 for null). It is written out in each, not shared: they run for every
-# string and array of every decoded message, and a call more measured ~8% of the walk.
-
-
-def _skip_sized(flexible: bool, width: int) -> _Step:
-    """A string or bytes field: its length, then that many bytes."""
-
-    def skip(data: memoryview, pos: int) -> int:
-        if flexible:
-            length, pos = _uvarint(data, pos)
-            length -= 1
-        else:
-            length, pos = _int(data, pos, width), pos + width
+def _step(step: Step, data: memoryview, pos: int, captures: Captures | None) -> int:
+    kind = step[0]
+    if kind == FIXED:
+        pos += step[1]
+    elif kind == SIZED:
+        length, pos = _length(data, pos, step[1], step[2])
         if length > 0:
             pos += length
-            if pos > len(data):
-                raise _Incomplete
-        return pos
-
-    return skip
-
-
-def _array(element: _Step, flexible: bool) -> _Step:
-    def walk(data: memoryview, pos: int) -> int:
-        if flexible:
-            count, pos = _uvarint(data, pos)
-            count -= 1
-        else:
-            count, pos = _int(data, pos, 4), pos + 4
+    elif kind == ARRAY:
+        count, pos = _length(data, pos, step[1], 4)
         if count > len(data) - pos:
             raise ProtocolError(
                 f"an array announces {count} elements with {len(data) - pos} bytes left"
             )
+        element = step[2]
         for _ in range(count):
-            pos = element(data, pos)
-        return pos
-
-    return walk
-
-
-def _nullable(entity: _Step) -> _Step:
-    def walk(data: memoryview, pos: int) -> int:
-        if _int(data, pos, 1) == -1:
-            return pos + 1
-        return entity(data, pos + 1)
-
-    return walk
-
-
-# A schema is described once per entity as nested tuples of steps, which both walks follow: the
-# compiled twin (`_schema_walk.c`) interprets them, the Python walk turns them into closures.
-FIXED, SIZED, ARRAY, ENTITY, NULLABLE = range(5)
-#: (FIXED, size) | (SIZED, flexible, width) | (ARRAY, flexible, element) | (ENTITY, entity) |
-#: (NULLABLE, entity); in a program for the compiled walk, the entity is its program.
-WalkStep = tuple[Any, ...]
-#: (flexible, steps over the untagged fields, ((tag, step), ...)).
-Description = tuple[int, tuple[WalkStep, ...], tuple[tuple[int, WalkStep], ...]]
-
-
-def _field_description(field: dataclasses.Field[object], flexible: bool) -> WalkStep:
-    kind = introspect.classify_field(field)
-    one: WalkStep
-    if isinstance(kind, introspect.EntityField | introspect.EntityTupleField):
-        nullable = isinstance(kind, introspect.EntityField) and introspect.is_optional(field)
-        one = (NULLABLE if nullable else ENTITY, kind.type_)
+            pos = _step(element, data, pos, captures)
+    elif kind == ENTITY:
+        pos = _walk_program(step[1], data, pos, None, captures)
+    elif kind == NULLABLE:
+        if _int(data, pos, 1) != -1:
+            return _walk_program(step[1], data, pos + 1, None, captures)
+        pos += 1
     else:
-        kafka_type = introspect.get_schema_field_type(field)
-        fixed = _FIXED_SIZES.get(kafka_type)
-        if fixed is not None:
-            one = (FIXED, fixed)
-        else:
-            one = (SIZED, int(flexible), 2 if kafka_type == "string" else 4)
-    return (ARRAY, int(flexible), one) if kind.is_array else one
+        inner = step[2]
+        end = _step(inner, data, pos, captures)
+        if captures is not None:
+            value_start = pos
+            if inner[0] == SIZED:
+                length, value_start = _length(data, pos, inner[1], inner[2])
+                value_start = -1 if length < 0 else value_start
+            captures.append((step[1], pos, value_start, end))
+        pos = end
+    if pos > len(data):
+        raise _Incomplete
+    return pos
 
 
-def _merged(steps: list[WalkStep]) -> tuple[WalkStep, ...]:
-    """Runs of fixed-size fields become one skip."""
-    merged: list[WalkStep] = []
-    run = 0
-    for step in steps:
-        if step[0] == FIXED:
-            run += step[1]
-            continue
-        if run:
-            merged.append((FIXED, run))
-            run = 0
-        merged.append(step)
-    if run:
-        merged.append((FIXED, run))
-    return tuple(merged)
-
-
-@cache
-def _describe(entity: type) -> Description:
-    """The walk over a kio entity: its untagged fields in order, then its tagged ones."""
-    flexible = bool(entity.__flexible__)
-    plain: list[WalkStep] = []
-    tagged: list[tuple[int, WalkStep]] = []
-    for field in dataclasses.fields(entity):
-        step = _field_description(field, flexible)
-        tag = introspect.get_field_tag(field)
-        if tag is None:
-            plain.append(step)
-        else:
-            tagged.append((int(tag), step))
-    return int(flexible), _merged(plain), tuple(tagged)
-
-
-# -- the compiled walk: programs ---------------------------------------------------------------
-
-
-def _program_step(step: WalkStep) -> WalkStep:
-    if step[0] in (ENTITY, NULLABLE):
-        return (step[0], _program(step[1]))
-    if step[0] == ARRAY:
-        return (ARRAY, step[1], _program_step(step[2]))
-    return step
-
-
-@cache
-def _program(entity: type) -> Description:
-    """The description of `entity` with every nested entity replaced by its own program."""
-    flexible, plain, tagged = _describe(entity)
-    return (
-        flexible,
-        tuple(_program_step(step) for step in plain),
-        tuple((tag, _program_step(step)) for tag, step in tagged),
-    )
-
-
-# -- the Python walk: closures -----------------------------------------------------------------
-
-
-@cache
-def _closure(step: WalkStep) -> _Step:
-    kind = step[0]
-    if kind == FIXED:
-        return _skip_fixed(step[1])
-    if kind == SIZED:
-        return _skip_sized(bool(step[1]), step[2])
-    if kind == ARRAY:
-        return _array(_closure(step[2]), bool(step[1]))
-    # Nested entities are looked up when walking, not now: they compile on first use.
-    walk = partial(_walk_entity, step[1])
-    return _nullable(walk) if kind == NULLABLE else walk
-
-
-@cache
-def _entity_parts(entity: type) -> tuple[tuple[_Step, ...], dict[int, _Step], bool]:
-    """(steps over the untagged fields in order, tag -> step, flexible) of a kio entity."""
-    flexible, plain, tagged = _describe(entity)
-    return (
-        tuple(_closure(step) for step in plain),
-        {tag: _closure(step) for tag, step in tagged},
-        bool(flexible),
-    )
-
-
-def _walk_tags(tagged: dict[int, _Step], data: memoryview, pos: int, tags: list[int] | None) -> int:
+def _walk_program(
+    program: Program, data: memoryview, pos: int, tags: list[int] | None, captures: Captures | None
+) -> int:
+    flexible, plain, tagged = program
+    for step in plain:
+        pos = _step(step, data, pos, captures)
+    if not flexible:
+        return pos
     count, pos = _uvarint(data, pos)
     for _ in range(count):
         tag, pos = _uvarint(data, pos)
         _size, pos = _uvarint(data, pos)
-        step = tagged.get(tag)
+        step = next((step for known, step in tagged if known == tag), None)
         if step is None:
             raise _Incomplete
-        pos = step(data, pos)
+        pos = _step(step, data, pos, captures)
         if tags is not None:
             tags.append(tag)
     return pos
 
 
-def _walk_entity(entity: type, data: memoryview, pos: int, tags: list[int] | None = None) -> int:
-    """Walk one entity; the tags of its own tagged fields are appended to `tags` if given."""
-    plain, tagged, flexible = _entity_parts(entity)
-    for step in plain:
-        pos = step(data, pos)
-    return _walk_tags(tagged, data, pos, tags) if flexible else pos
-
-
-#: Where a walked message ends, and its own tags; None: the walk could not finish.
-Walked = tuple[int, list[int]] | None
-
-
-def walk_python(schema: type, body: bytes | memoryview, offset: int) -> Walked:
+def walk_python(
+    program: Program, body: bytes | memoryview, offset: int, captures: Captures | None = None
+) -> Walked:
     """Walk the message at `offset`: (where it ends, its own tags), or None when the walk cannot
-    finish. The reference for the compiled walk."""
+    finish; captured fields are appended to `captures`. The reference for the compiled walk."""
     tags: list[int] = []
     try:
-        return _walk_entity(schema, memoryview(body), offset, tags), tags
+        return _walk_program(program, memoryview(body), offset, tags, captures), tags
     except (_Incomplete, IndexError):
         return None
 
 
-def _walk_compiled(schema: type, body: bytes | memoryview, offset: int) -> Walked:
+def _walk_compiled(
+    program: Program, body: bytes | memoryview, offset: int, captures: Captures | None = None
+) -> Walked:
     assert native.compiled is not None
     try:
-        return native.compiled.walk_schema(_program(schema), body, offset)  # type: ignore[no-any-return]
+        return native.compiled.walk_schema(program, body, offset, captures)  # type: ignore[no-any-return]
     except ValueError as exc:
         raise ProtocolError(str(exc)) from None
 
@@ -275,7 +236,7 @@ walk = _walk_compiled if native.compiled is not None else walk_python
 def check_array_counts(schema: type, body: memoryview, offset: int) -> None:
     """Raise ProtocolError if any array in the message announces more elements than can fit."""
     # Truncated or odd input stops the walk: kio's reader then reports it without over-allocating.
-    walk(schema, body, offset)
+    walk(program(schema), body, offset)
 
 
 def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ...] | None:
@@ -285,7 +246,7 @@ def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ..
     empty answer lets the proxy forward such a response without decoding it first. None: the
     walk could not finish or left bytes over, so only a full decode can judge the message.
     """
-    walked = walk(schema, body, offset)
+    walked = walk(program(schema), body, offset)
     if walked is None or walked[0] != len(body):
         return None
     return tuple(walked[1])

@@ -7,13 +7,18 @@ import struct
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
+from .apis import ApiKey, request_schema
 from .errors import ProtocolError
+from .guard import Captures, Program, program, walk
 from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
 FLEXIBLE_FROM = 9
+#: Produce requests name topics by id from this version on (KIP-516).
+TOPIC_IDS_FROM = 13
 
 
 def produce_acks(body: bytes | memoryview, header_size: int, api_version: int) -> int:
@@ -36,14 +41,16 @@ def produce_acks(body: bytes | memoryview, header_size: int, api_version: int) -
     return acks
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionRecords:
+class PartitionRecords(NamedTuple):
+    """One partition of a Produce request (a named tuple: made for every partition of every
+    traced request)."""
+
     topic_index: int
     partition_index: int
     topic: str | None
     topic_id: uuid.UUID | None
     partition: int
-    records: bytes | None
+    records: bytes | memoryview | None
 
 
 def iter_request_partitions(payload: Any) -> Iterator[PartitionRecords]:
@@ -55,6 +62,106 @@ def iter_request_partitions(payload: Any) -> Iterator[PartitionRecords]:
             yield PartitionRecords(
                 t_index, p_index, name, topic_id, partition.index, partition.records
             )
+
+
+class RequestLayout(NamedTuple):
+    """Where a Produce request's partitions and their records lie, found without decoding it."""
+
+    transactional_id: str | None
+    partitions: list[PartitionRecords]
+    #: (start, end) of each partition's records field, length prefix included, in the frame body.
+    fields: list[tuple[int, int]]
+
+
+_TRANSACTIONAL_ID, _TOPIC, _PARTITION, _RECORDS = range(4)
+_CAPTURED = {
+    "transactional_id": _TRANSACTIONAL_ID,
+    "topic_data.name": _TOPIC,
+    "topic_data.topic_id": _TOPIC,
+    "topic_data.partition_data.index": _PARTITION,
+    "topic_data.partition_data.records": _RECORDS,
+}
+
+
+def _text(body: memoryview, start: int, end: int) -> str | None:
+    if start < 0:
+        return None
+    try:
+        return str(body[start:end], "utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("a Produce request's string is not valid UTF-8") from None
+
+
+@cache
+def _layout_program(api_version: int) -> Program:
+    return program(request_schema(ApiKey.PRODUCE, api_version), _CAPTURED)
+
+
+@lru_cache(maxsize=1024)
+def _topic_id(raw: bytes) -> uuid.UUID | None:
+    """A topic id as kio reads it (all zeros: none); the same few ids come in every request."""
+    return uuid.UUID(bytes=raw) if any(raw) else None
+
+
+def locate_request_partitions(
+    body: bytes | memoryview, header_size: int, api_version: int
+) -> RequestLayout | None:
+    """The layout of a Produce request, from the guard's walk along kio's schema (which also
+    checks its array counts). Records come out as views of `body`, not copies. None when the
+    walk cannot finish or leaves bytes over: only kio's decode can judge such a request."""
+    view = memoryview(body)
+    captures: Captures = []
+    walked = walk(_layout_program(api_version), view, header_size, captures)
+    if walked is None or walked[0] != len(view):
+        return None
+    transactional_id: str | None = None
+    partitions: list[PartitionRecords] = []
+    fields: list[tuple[int, int]] = []
+    topic: str | None = None
+    topic_id: uuid.UUID | None = None
+    t_index = p_index = -1
+    partition = 0
+    for kind, start, value, end in captures:
+        if kind == _RECORDS:
+            records = view[value:end] if value >= 0 else None
+            partitions.append(
+                PartitionRecords(t_index, p_index, topic, topic_id, partition, records)
+            )
+            fields.append((start, end))
+        elif kind == _PARTITION:
+            p_index += 1
+            partition = int.from_bytes(view[start:end], "big", signed=True)
+        elif kind == _TOPIC:
+            t_index, p_index = t_index + 1, -1
+            if api_version >= TOPIC_IDS_FROM:
+                topic, topic_id = None, _topic_id(bytes(view[start:end]))
+            else:
+                topic, topic_id = _text(view, value, end), None
+        else:
+            transactional_id = _text(view, value, end)
+    return RequestLayout(transactional_id, partitions, fields)
+
+
+def splice_located(
+    body: bytes | memoryview,
+    layout: RequestLayout,
+    api_version: int,
+    replacements: Mapping[tuple[int, int], bytes],
+) -> bytes:
+    """The whole frame (size prefix included) of the request with some partitions' records
+    replaced, every other byte as it was; one copy."""
+    view = memoryview(body)
+    pieces: list[bytes | memoryview] = [b""]
+    copied = 0
+    for located, (start, end) in zip(layout.partitions, layout.fields, strict=True):
+        new = replacements.get((located.topic_index, located.partition_index))
+        if new is None:
+            continue
+        pieces += (view[copied:start], _length_prefix(api_version, len(new)), new)
+        copied = end
+    pieces.append(view[copied:])
+    pieces[0] = sum(map(len, pieces)).to_bytes(4, "big")
+    return b"".join(pieces)
 
 
 def replace_records(payload: Any, replacements: Mapping[tuple[int, int], bytes]) -> Any:

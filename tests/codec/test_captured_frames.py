@@ -27,7 +27,12 @@ from proxy.codec.headers import (
     skip_tagged_fields,
 )
 from proxy.codec.messages import decode_request, decode_response, encode
-from proxy.codec.produce import iter_request_partitions
+from proxy.codec.produce import (
+    iter_request_partitions,
+    locate_request_partitions,
+    replace_records,
+    splice_located,
+)
 from proxy.codec.records import iter_batches
 
 CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "captured"
@@ -227,3 +232,47 @@ def test_fetch_responses_hold_the_records_the_client_produced(set_name: str) -> 
                 for record in batch.records():
                     by_offset[record.offset] = (record.key, record.value, record.headers)
     assert [by_offset[offset] for offset in sorted(by_offset)] == _expected(set_name)
+
+
+PRODUCE_REQUESTS = [f for f in DECODABLE if f.is_request and f.api_key == ApiKey.PRODUCE]
+
+
+@pytest.mark.parametrize("frame", _params(PRODUCE_REQUESTS))
+def test_the_walk_finds_the_partitions_kio_decodes(frame: CapturedFrame) -> None:
+    header = parse_request_header(frame.body)
+    assert header.size is not None
+    layout = locate_request_partitions(frame.body, header.size, frame.api_version)
+    payload = decode_request(frame.api_key, frame.api_version, frame.body, header.size)
+    assert layout is not None
+    assert layout.transactional_id == payload.transactional_id
+    found = [p._replace(records=_bytes_or_none(p.records)) for p in layout.partitions]
+    assert found == list(iter_request_partitions(payload))
+    assert found and all(p.records for p in found)
+
+
+@pytest.mark.parametrize("frame", _params(PRODUCE_REQUESTS))
+def test_records_replaced_by_position_give_the_bytes_kio_would_encode(frame: CapturedFrame) -> None:
+    header = parse_request_header(frame.body)
+    assert header.size is not None
+    layout = locate_request_partitions(frame.body, header.size, frame.api_version)
+    assert layout is not None
+    # A longer replacement for the first partition: its length prefix changes size too.
+    first = layout.partitions[0]
+    replacements = {(first.topic_index, first.partition_index): b"\x07" * 200}
+    spliced = splice_located(frame.body, layout, frame.api_version, replacements)
+    payload = decode_request(frame.api_key, frame.api_version, frame.body, header.size)
+    expected = bytes(frame.body[: header.size]) + encode(replace_records(payload, replacements))
+    assert spliced == len(expected).to_bytes(SIZE_PREFIX, "big") + expected
+    assert splice_located(frame.body, layout, frame.api_version, {}) == frame.data
+
+
+def test_a_produce_request_cut_short_has_no_layout() -> None:
+    frame = PRODUCE_REQUESTS[0]
+    header = parse_request_header(frame.body)
+    assert header.size is not None
+    for cut in (1, 10, len(frame.body) // 2):
+        assert locate_request_partitions(frame.body[:-cut], header.size, frame.api_version) is None
+
+
+def _bytes_or_none(records: object) -> bytes | None:
+    return None if records is None else bytes(records)  # type: ignore[call-overload]

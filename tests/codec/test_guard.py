@@ -7,6 +7,7 @@ so a Produce or Fetch response without broker addresses is forwarded without bei
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import random
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from proxy.codec.errors import ProtocolError
 from proxy.codec.guard import check_array_counts, top_level_tags
 from proxy.codec.headers import parse_request_header, response_header_size
 from proxy.codec.messages import response_top_level_tags
+from proxy.codec.produce import _CAPTURED
 
 from ..proxy.messages import fetch_response, response_frame
 from .test_captured_frames import DECODABLE, CapturedFrame, _params
@@ -123,8 +125,21 @@ def _outcome(run: Callable[[], object]) -> object:
 
 
 def _both_walks(schema: type, body: bytes, offset: int) -> tuple[object, object]:
-    python = _outcome(lambda: guard.walk_python(schema, body, offset))
-    compiled = _outcome(lambda: guard._walk_compiled(schema, body, offset))
+    """Each walk's result and captures. Every top-level field is captured (so every kind of step
+    is captured somewhere), and in Produce requests the fields the proxy locates records by."""
+    capture = {field.name: n for n, field in enumerate(dataclasses.fields(schema))}
+    if schema.__name__ == "ProduceRequest":
+        capture.update({path: 100 + n for path, n in _CAPTURED.items()})
+    program = guard.program(schema, capture)
+
+    def run(walk: Callable[..., guard.Walked]) -> tuple[object, guard.Captures]:
+        captures: guard.Captures = []
+        return _outcome(lambda: walk(program, body, offset, captures)), captures
+
+    python, compiled = run(guard.walk_python), run(guard._walk_compiled)
+    if python[0] is None or (isinstance(python[0], tuple) and python[0][0] == "refused"):
+        # Captures made before the walk stopped are not used by anyone: compare results only.
+        return python[0], compiled[0]
     return python, compiled
 
 
@@ -141,7 +156,9 @@ def test_both_walks_agree_on_every_captured_message_and_its_damaged_copies(
     body = bytes(frame.body)
     python, compiled = _both_walks(schema, body, offset)
     assert python == compiled
-    assert python is not None and python[0] == len(body)  # type: ignore[index]
+    (end, _tags), captures = python  # type: ignore[misc]
+    assert end == len(body)
+    assert captures or not dataclasses.fields(schema)
     rng = random.Random(frame.id)
     damaged = [body[:cut] for cut in range(offset, len(body), max(1, len(body) // 40))]
     for _ in range(60):
