@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from .codec.addresses import rewrite_broker_addresses, topic_ids_from_metadata
 from .codec.api_versions import decodable_ranges, restrict_api_versions
 from .codec.apis import ADDRESS_BEARING, GROUP_NAMING, KNOWN_API_KEYS, ApiKey
 from .codec.errors import ProtocolError
-from .codec.fetch import iter_fetched_partitions
+from .codec.fetch import FetchedRecords, iter_fetched_partitions, locate_fetched_partitions
 from .codec.framing import FrameScanner, Held, frame
 from .codec.headers import (
     REQUEST_PEEK_SIZE,
@@ -355,7 +355,9 @@ class KafkaExchange:
                 # out as it came and is decoded for the interceptors only after it was sent.
                 # (None, a walk that could not finish, is a body kio cannot read either.)
                 hook = self._record_hook(entry)
-                if hook is not None:
+                if hook is not None and key == ApiKey.FETCH:
+                    outcome.after_send.append(lambda: self._locate_fetched(entry, body, hook))
+                elif hook is not None:
                     outcome.after_send.append(lambda: self._decode_for(entry, body, hook))
                 return held.frame
             walked = True
@@ -396,8 +398,21 @@ class KafkaExchange:
             states = entry.produce_states
             return lambda payload: self._finish_produce(states, payload)
         if entry.api_key == ApiKey.FETCH and self._interceptors.fetch:
-            return lambda payload: None if payload is None else self._deliver_fetch(payload)
+            return lambda payload: (
+                None if payload is None else self._deliver_fetch(iter_fetched_partitions(payload))
+            )
         return None
+
+    def _locate_fetched(
+        self, entry: InFlight, body: memoryview, hook: Callable[[Any], None]
+    ) -> None:
+        """Hand an already forwarded Fetch response's records to the interceptors as views of
+        the frame, found by the guard's walk; a response the walk cannot read is decoded."""
+        partitions = locate_fetched_partitions(body, entry.api_version)
+        if partitions is None:
+            self._decode_for(entry, body, hook)
+        else:
+            self._deliver_fetch(partitions)
 
     def _decode_for(self, entry: InFlight, body: memoryview, hook: Callable[[Any], None]) -> None:
         """Decode an already forwarded response for the interceptors (its array counts were
@@ -449,10 +464,10 @@ class KafkaExchange:
                 self._metrics.inc("interceptor_errors", hook="on_produce_response")
                 log.exception("interceptor failed on a produce response")
 
-    def _deliver_fetch(self, payload: Any) -> None:
+    def _deliver_fetch(self, partitions: Iterable[FetchedRecords]) -> None:
         if self.context.group_id is None:
             self.context.group_id = self._groups.lookup(self.context.client_id)
-        for located in iter_fetched_partitions(payload):
+        for located in partitions:
             fetched = FetchedPartition(
                 topic=located.topic or self._topics.name(located.topic_id),
                 topic_id=located.topic_id,

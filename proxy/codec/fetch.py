@@ -5,7 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any
+
+from .apis import ApiKey, response_schema
+from .errors import ProtocolError
+from .guard import Captures, Program, program, walk
+from .headers import response_header_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +21,7 @@ class FetchedRecords:
     partition: int
     error_code: int
     high_watermark: int
-    records: bytes
+    records: bytes | memoryview
     aborted_transactions: tuple[tuple[int, int], ...]
 
 
@@ -39,3 +45,86 @@ def iter_fetched_partitions(payload: Any) -> Iterator[FetchedRecords]:
                 partition.records,
                 aborted,
             )
+
+
+_TOPIC, _PARTITION, _ERROR, _HIGH_WATERMARK, _ABORTED_PRODUCER, _ABORTED_OFFSET, _RECORDS = range(7)
+_CAPTURED = {
+    "responses.topic": _TOPIC,
+    "responses.topic_id": _TOPIC,
+    "responses.partitions.partition_index": _PARTITION,
+    "responses.partitions.error_code": _ERROR,
+    "responses.partitions.high_watermark": _HIGH_WATERMARK,
+    "responses.partitions.aborted_transactions.producer_id": _ABORTED_PRODUCER,
+    "responses.partitions.aborted_transactions.first_offset": _ABORTED_OFFSET,
+    "responses.partitions.records": _RECORDS,
+}
+#: Fetch responses name topics by id from this version on (KIP-516).
+TOPIC_IDS_FROM = 13
+
+
+@cache
+def _layout_program(api_version: int) -> Program:
+    return program(response_schema(ApiKey.FETCH, api_version), _CAPTURED)
+
+
+@lru_cache(maxsize=1024)
+def _topic_id(raw: bytes) -> uuid.UUID | None:
+    """A topic id as kio reads it (all zeros: none); the same few ids come in every response."""
+    return uuid.UUID(bytes=raw) if any(raw) else None
+
+
+def locate_fetched_partitions(
+    body: bytes | memoryview, api_version: int
+) -> list[FetchedRecords] | None:
+    """The partitions of a Fetch response that returned records, as `iter_fetched_partitions`
+    gives them, found by the guard's walk along kio's schema instead of a decode: the records
+    are views of `body`, not copies. None when the walk cannot finish or leaves bytes over."""
+    view = memoryview(body)
+    captures: Captures = []
+    try:
+        header_size = response_header_size(view, ApiKey.FETCH, api_version)
+        walked = walk(_layout_program(api_version), view, header_size, captures)
+    except ProtocolError:
+        return None
+    if walked is None or walked[0] != len(view):
+        return None
+    found: list[FetchedRecords] = []
+    topic: str | None = None
+    topic_id: uuid.UUID | None = None
+    partition = error_code = high_watermark = producer_id = 0
+    aborted: list[tuple[int, int]] = []
+    for kind, start, value, end in captures:
+        if kind == _RECORDS:
+            if value >= 0 and end > value:
+                found.append(
+                    FetchedRecords(
+                        topic,
+                        topic_id,
+                        partition,
+                        error_code,
+                        high_watermark,
+                        view[value:end],
+                        tuple(aborted),
+                    )
+                )
+        elif kind == _PARTITION:
+            partition = int.from_bytes(view[start:end], "big", signed=True)
+            aborted = []
+        elif kind == _ERROR:
+            error_code = int.from_bytes(view[start:end], "big", signed=True)
+        elif kind == _HIGH_WATERMARK:
+            high_watermark = int.from_bytes(view[start:end], "big", signed=True)
+        elif kind == _ABORTED_PRODUCER:
+            producer_id = int.from_bytes(view[start:end], "big", signed=True)
+        elif kind == _ABORTED_OFFSET:
+            aborted.append((producer_id, int.from_bytes(view[start:end], "big", signed=True)))
+        elif api_version >= TOPIC_IDS_FROM:
+            topic, topic_id = None, _topic_id(bytes(view[start:end]))
+        else:
+            if value < 0:
+                return None  # a null topic name: kio's decode reports it
+            try:
+                topic, topic_id = str(view[value:end], "utf-8"), None
+            except UnicodeDecodeError:
+                return None
+    return found

@@ -71,7 +71,9 @@ class DeliveredOffsets:
                 self._high.popitem(last=False)
 
 
-def sampled_traceparent_positions_python(data: bytes, start: int, end: int) -> list[int]:
+def sampled_traceparent_positions_python(
+    data: bytes | memoryview, start: int, end: int
+) -> list[int]:
     """Where in ``data[start:end]`` a traceparent header with the sampled flag may start.
 
     A superset: each position still goes through the strict parser. `bytes.find` skips
@@ -81,6 +83,8 @@ def sampled_traceparent_positions_python(data: bytes, start: int, end: int) -> l
     """
     if start < 0 or end < 0:
         raise ValueError("start and end must not be negative")
+    if not isinstance(data, bytes):
+        data = bytes(data)  # for bytes.find; the compiled twin reads any buffer as it is
     positions: list[int] = []
     end = min(end, len(data))
     find = data.find
@@ -119,7 +123,9 @@ def _visible_batches(fetched: FetchedPartition) -> list[BatchHeader]:
     return visible
 
 
-def _skim(fetched: FetchedPartition, records: bytes) -> tuple[list[RecordView], int, int]:
+def _skim(
+    fetched: FetchedPartition, records: bytes | memoryview
+) -> tuple[list[RecordView], int, int]:
     """The records that may carry a sampled traceparent, the highest offset delivered, and how
     many records were passed over unparsed.
 
@@ -219,10 +225,7 @@ class FetchTracer:
         skimmed = 0
         records: Iterable[RecordView]
         if skim:
-            raw = fetched.records
-            records, skim_highest, skimmed = _skim(
-                fetched, raw if isinstance(raw, bytes) else bytes(raw)
-            )
+            records, skim_highest, skimmed = _skim(fetched, fetched.records)
             highest = max(highest, skim_highest)
         else:
             records = _visible_records(fetched)

@@ -18,7 +18,7 @@ import pytest
 
 from proxy.codec.apis import DECODED, ApiKey, request_is_flexible, supported_versions
 from proxy.codec.compression import Codec
-from proxy.codec.fetch import iter_fetched_partitions
+from proxy.codec.fetch import iter_fetched_partitions, locate_fetched_partitions
 from proxy.codec.framing import SIZE_PREFIX
 from proxy.codec.headers import (
     parse_request_header,
@@ -276,3 +276,23 @@ def test_a_produce_request_cut_short_has_no_layout() -> None:
 
 def _bytes_or_none(records: object) -> bytes | None:
     return None if records is None else bytes(records)  # type: ignore[call-overload]
+
+
+FETCH_RESPONSES = [f for f in DECODABLE if not f.is_request and f.api_key == ApiKey.FETCH]
+
+
+@pytest.mark.parametrize("frame", _params(FETCH_RESPONSES))
+def test_the_walk_finds_the_fetched_partitions_kio_decodes(frame: CapturedFrame) -> None:
+    located = locate_fetched_partitions(frame.body, frame.api_version)
+    assert located is not None
+    _, payload = decode_response(frame.api_key, frame.api_version, frame.body)
+    expected = list(iter_fetched_partitions(payload))
+    assert [p.__class__(**{**_fields(p), "records": bytes(p.records)}) for p in located] == expected
+    # The records are views of the frame, not copies.
+    assert all(isinstance(p.records, memoryview) for p in located)
+
+
+def _fields(value: object) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from kio.static.primitive import i16, i32, i64
 
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.codec.errors import ProtocolError
+from proxy.codec.fetch import locate_fetched_partitions
 from proxy.codec.framing import SIZE_PREFIX
 from proxy.codec.messages import decode_response
 from proxy.exchange import KafkaExchange
@@ -442,17 +443,22 @@ def test_fetch_response_node_endpoints_are_rewritten(exchange: KafkaExchange) ->
     ]
 
 
-def test_a_fetch_response_is_sent_before_it_is_decoded_for_the_interceptors(
+def test_a_fetch_response_is_sent_before_it_is_read_for_the_interceptors(
     exchange: KafkaExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import proxy.exchange
 
-    decoded: list[int] = []
+    read: list[str] = []
+
+    def counting_locate(*args: object, **kwargs: object) -> object:
+        read.append("walk")
+        return locate_fetched_partitions(*args, **kwargs)  # type: ignore[arg-type]
 
     def counting_decode(*args: object, **kwargs: object) -> object:
-        decoded.append(1)
+        read.append("decode")
         return decode_response(*args, **kwargs)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(proxy.exchange, "locate_fetched_partitions", counting_locate)
     monkeypatch.setattr(proxy.exchange, "decode_response", counting_decode)
     recorder = _FetchRecorder()
     exchange._interceptors = Interceptors([recorder])
@@ -460,11 +466,31 @@ def test_a_fetch_response_is_sent_before_it_is_decoded_for_the_interceptors(
     data = response_frame(fetch_response(), 8)
     outcome = exchange.from_server(data)
     assert _sent(outcome) == data
-    assert decoded == [] and recorder.seen == [], "decoded before the response went out"
+    assert read == [] and recorder.seen == [], "read before the response went out"
     for action in outcome.after_send:
         action()
     assert recorder.seen == [(uuid.UUID(int=42), 3, 0)]
-    assert decoded == [1]
+    # Found by the schema walk, as views of the frame: kio never decodes it.
+    assert read == ["walk"]
+
+
+def test_a_fetch_response_with_an_error_code_kio_does_not_know_still_reaches_the_interceptors(
+    exchange: KafkaExchange,
+) -> None:
+    recorder = _FetchRecorder()
+    exchange._interceptors = Interceptors([recorder])
+    exchange.from_client(request_frame(_fetch_request(), 8))
+    data = bytearray(response_frame(fetch_response(error=1), 8))
+    # An error code kio's enum does not know (a newer broker): kio would refuse the response,
+    # the walk reads the code as it came.
+    at = data.index(b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x0a")
+    data[at : at + 2] = (32000).to_bytes(2, "big")
+    outcome = exchange.from_server(bytes(data))
+    assert _sent(outcome) == bytes(data)
+    for action in outcome.after_send:
+        action()
+    assert recorder.seen == [(uuid.UUID(int=42), 3, 32000)]
+    assert exchange._metrics.value("responses_undecodable", api_key=1) == 0
 
 
 def test_a_sent_response_the_proxy_cannot_decode_is_counted_and_skipped(
@@ -473,12 +499,11 @@ def test_a_sent_response_the_proxy_cannot_decode_is_counted_and_skipped(
     recorder = _FetchRecorder()
     exchange._interceptors = Interceptors([recorder])
     exchange.from_client(request_frame(_fetch_request(), 8))
-    data = bytearray(response_frame(fetch_response(error=1), 8))
-    # An error code kio does not know (a newer broker): the layout still walks, kio refuses it.
-    at = data.index(b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x0a")
-    data[at : at + 2] = (32000).to_bytes(2, "big")
-    outcome = exchange.from_server(bytes(data))
-    assert _sent(outcome) == bytes(data)
+    # A byte after the end of the message: neither the walk nor kio can account for it.
+    body = response_frame(fetch_response(), 8)[SIZE_PREFIX:] + b"\x00"
+    data = len(body).to_bytes(SIZE_PREFIX, "big") + body
+    outcome = exchange.from_server(data)
+    assert _sent(outcome) == data
     for action in outcome.after_send:
         action()
     assert recorder.seen == []
