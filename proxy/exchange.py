@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -114,28 +114,49 @@ class ApiMeters:
         )
 
 
-@dataclass(slots=True)
-class InFlight:
-    """A request still waiting for its response."""
+#: (interceptor, (topic or topic id, partition), its state) for a traced partition.
+ProduceState = tuple[ProduceInterceptor, tuple[Any, int], Any]
 
-    correlation_id: int
-    api_key: int
-    api_version: int
-    received_at: float
-    meters: ApiMeters
-    expects_response: bool = True
-    #: (interceptor, (topic or topic id, partition), its state) for each traced partition.
-    produce_states: list[tuple[ProduceInterceptor, tuple[Any, int], Any]] = field(
-        default_factory=list
+
+class InFlight:
+    """A request still waiting for its response (a plain class: one is made per request)."""
+
+    __slots__ = (
+        "api_key",
+        "api_version",
+        "correlation_id",
+        "expects_response",
+        "meters",
+        "produce_states",
+        "received_at",
     )
 
+    def __init__(
+        self,
+        correlation_id: int,
+        api_key: int,
+        api_version: int,
+        received_at: float,
+        meters: ApiMeters,
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.api_key = api_key
+        self.api_version = api_version
+        self.received_at = received_at
+        self.meters = meters
+        self.expects_response = True
+        #: The states of the traced partitions; None until an interceptor returns one.
+        self.produce_states: list[ProduceState] | None = None
 
-@dataclass(slots=True)
+
 class Outcome:
-    """What to send on, and what to run once it is sent."""
+    """What to send on, and what to run once it is sent (a plain class: one is made per read)."""
 
-    send: list[bytes | memoryview] = field(default_factory=list)
-    after_send: list[Callable[[], None]] = field(default_factory=list)
+    __slots__ = ("after_send", "send")
+
+    def __init__(self) -> None:
+        self.send: list[bytes | memoryview] = []
+        self.after_send: list[Callable[[], None]] = []
 
 
 class KafkaExchange:
@@ -275,6 +296,8 @@ class KafkaExchange:
                     log.exception("interceptor failed on a produce request; records forwarded")
                     continue
                 if state is not None:
+                    if entry.produce_states is None:
+                        entry.produce_states = []
                     entry.produce_states.append((interceptor, key, state))
             if partition.replaced_records is not None:
                 replacements[(located.topic_index, located.partition_index)] = (
@@ -442,9 +465,7 @@ class KafkaExchange:
 
     # -- interceptor delivery (after the bytes went out) -----------------------------------
 
-    def _finish_produce(
-        self, states: list[tuple[ProduceInterceptor, tuple[Any, int], Any]], payload: Any
-    ) -> None:
+    def _finish_produce(self, states: list[ProduceState], payload: Any) -> None:
         results: dict[tuple[Any, int], ProduceResult] = {}
         if payload is not None:
             for outcome in iter_response_partitions(payload):

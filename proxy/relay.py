@@ -187,8 +187,10 @@ class ClientConnection(asyncio.Protocol):
             self._early.append(data)
             return
         self._bytes_from_client.inc(len(data))
-        outcome = self._run(exchange.from_client, data, "client")
-        if outcome is None:
+        try:
+            outcome = exchange.from_client(data)
+        except Exception as exc:
+            self._fail(exc, "client")
             return
         self._deliver(server, outcome, self._bytes_to_server)
         if exchange.in_flight >= self._runtime.settings.max_in_flight:
@@ -199,17 +201,18 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None or client is None:
             return
         self._bytes_from_server.inc(len(data))
-        outcome = self._run(exchange.from_server, data, "broker")
-        if outcome is None:
+        try:
+            outcome = exchange.from_server(data)
+        except Exception as exc:
+            self._fail(exc, "broker")
             return
         self._deliver(client, outcome, self._bytes_to_client)
         if exchange.in_flight < self._runtime.settings.max_in_flight:
             self._client_reading.resume("in_flight")
 
-    def _run(self, step: Callable[[bytes], Outcome], data: bytes, peer: str) -> Outcome | None:
-        try:
-            return step(data)
-        except ProtocolError as exc:
+    def _fail(self, exc: Exception, peer: str) -> None:
+        """Close the connection after what one side sent could not be handled."""
+        if isinstance(exc, ProtocolError):
             self._runtime.metrics.inc("protocol_errors", peer=peer)
             log.warning(
                 "connection %d: closing, the %s sent invalid Kafka protocol: %s",
@@ -217,11 +220,10 @@ class ClientConnection(asyncio.Protocol):
                 peer,
                 exc,
             )
-        except Exception:
+        else:
             self._runtime.metrics.inc("internal_errors")
-            log.exception("connection %d: closing after an internal error", self.id)
+            log.error("connection %d: closing after an internal error", self.id, exc_info=exc)
         self.close()
-        return None
 
     def _deliver(
         self, transport: asyncio.Transport, outcome: Outcome, sent_bytes: BoundCounter
