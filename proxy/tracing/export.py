@@ -160,7 +160,9 @@ class SpanPipeline:
             self._metrics.inc("spans_dropped", reason="queue_full")
             return
         self._queue.append(span)
-        if len(self._queue) >= self._batch_size:
+        if len(self._queue) >= self._batch_size and not self._wake.is_set():
+            # Set once per full batch, not for every span the worker has not taken yet: a set
+            # takes the event's lock and notifies, about 1.5 µs a span at 100% sampling.
             self._wake.set()
 
     def _take_batch(self) -> list[ReadableSpan]:

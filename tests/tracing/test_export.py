@@ -75,6 +75,24 @@ def test_shutdown_flushes_queued_spans() -> None:
     assert metrics.value("spans_exported") == 7
 
 
+def test_every_full_batch_is_sent_without_waiting_for_the_schedule_delay() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, metrics = InMemorySpanExporter(), Metrics()
+    pipeline = SpanPipeline(exporter, metrics, max_queue=1000, batch_size=10, delay_seconds=60)
+    try:
+        for round_ in range(1, 6):
+            # Spans arrive faster than the worker takes them; each full batch must wake it.
+            for _ in range(25):
+                pipeline.submit(ReadableSpan("s"))
+            deadline = time.monotonic() + 5
+            while metrics.total("spans_exported") < 20 * round_ and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert metrics.total("spans_exported") >= 20 * round_, f"round {round_} stalled"
+    finally:
+        pipeline.shutdown()
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
