@@ -249,7 +249,7 @@ class KafkaExchange:
             outcome.send.append(held.frame)
             return
         if entry.api_key == ApiKey.PRODUCE:
-            outcome.send.append(self._on_produce_request(entry, held, header.size, outcome))
+            outcome.send.append(self._on_produce_request(entry, held, body, header.size, outcome))
             return
         if entry.api_key in GROUP_NAMING:
             payload = decode_request(entry.api_key, entry.api_version, body, header.size)
@@ -259,9 +259,8 @@ class KafkaExchange:
         outcome.send.append(held.frame)
 
     def _on_produce_request(
-        self, entry: InFlight, held: Held, header_size: int, outcome: Outcome
+        self, entry: InFlight, held: Held, body: memoryview, header_size: int, outcome: Outcome
     ) -> bytes | memoryview:
-        body = held.body
         acks = produce_acks(body, header_size, entry.api_version)
         if acks == 0:
             self._forget(entry)

@@ -8,7 +8,7 @@ advertise for it (see `api_versions`).
 from __future__ import annotations
 
 import enum
-from functools import cache
+from functools import cache, lru_cache
 
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.index import api_key_map, schema_name_map
@@ -105,6 +105,7 @@ def response_schema(api_key: int, version: int) -> type:
 
 
 @cache
+@lru_cache(maxsize=4096)  # asked for every held request; bounded against made-up versions
 def request_is_flexible(api_key: int, version: int) -> bool | None:
     """Whether the request uses header v2 (flexible); None when unknown to kio."""
     try:

@@ -83,15 +83,15 @@ class FrameScanner:
     def feed(self, data: bytes) -> list[Forward | Held]:
         """Consume received bytes; returns what to forward and which frames were held, in order."""
         end = len(data)
+        size = end - SIZE_PREFIX
         if (
-            end >= SIZE_PREFIX + self._peek_size
+            self._peek_size <= size <= self._max_frame_size
             and not self._forward_remaining
             and not self._head
             and self._held is None
-            and int.from_bytes(data[:SIZE_PREFIX], "big", signed=True) == end - SIZE_PREFIX
+            and int.from_bytes(data[:SIZE_PREFIX], "big", signed=True) == size
         ):
             # One whole frame in one read, the usual case for requests and small responses.
-            size = self._frame_size(data)
             token = self._classify(
                 memoryview(data)[SIZE_PREFIX : SIZE_PREFIX + self._peek_size], size
             )

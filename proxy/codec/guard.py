@@ -246,7 +246,14 @@ def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ..
     empty answer lets the proxy forward such a response without decoding it first. None: the
     walk could not finish or left bytes over, so only a full decode can judge the message.
     """
-    walked = walk(program(schema), body, offset)
+    return program_top_level_tags(program(schema), body, offset)
+
+
+def program_top_level_tags(
+    steps: Program, body: bytes | memoryview, offset: int
+) -> tuple[int, ...] | None:
+    """`top_level_tags` with the schema's program already at hand."""
+    walked = walk(steps, body, offset)
     if walked is None or walked[0] != len(body):
         return None
     return tuple(walked[1])
