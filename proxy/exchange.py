@@ -182,6 +182,7 @@ class KafkaExchange:
         self._metrics = metrics
         self._max_batch_bytes = max_batch_bytes
         self._inflight: deque[InFlight] = deque()
+        self._rewritten_requests = metrics.counter("produce_requests_rewritten")
         #: Meters of the APIs seen on this connection. Keys Kafka does not define share one
         #: entry, labelled "other", so made-up keys grow neither this table nor the series.
         self._meters: dict[int, ApiMeters] = {}
@@ -307,7 +308,7 @@ class KafkaExchange:
             outcome.after_send.append(lambda: self._finish_produce(states, None))
         if not replacements:
             return held.frame
-        self._metrics.inc("produce_requests_rewritten")
+        self._rewritten_requests.inc()
         if payload is None:
             return splice_located(body, layout, entry.api_version, replacements)
         spliced = splice_records(body, header_size, entry.api_version, payload, replacements)

@@ -13,6 +13,7 @@ import collections
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from functools import partial
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import server_attributes
@@ -181,6 +182,11 @@ class FetchTracer:
         self._core = core
         self._metrics = metrics
         self._delivered = DeliveredOffsets()
+        # The series every traced response updates, bound once.
+        traced = partial(metrics.counter, "records_traced", side="fetch")
+        self._skimmed = traced(outcome="skimmed")
+        self._with_context = traced(outcome="context")
+        self._without_context = traced(outcome="no_context")
 
     def on_fetch_response(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
         try:
@@ -282,8 +288,8 @@ class FetchTracer:
             )
         self._delivered.update(key, highest)
         if skimmed:
-            self._metrics.inc("records_traced", skimmed, side="fetch", outcome="skimmed")
+            self._skimmed.inc(skimmed)
         if with_context:
-            self._metrics.inc("records_traced", with_context, side="fetch", outcome="context")
+            self._with_context.inc(with_context)
         if without_context:
-            self._metrics.inc("records_traced", without_context, side="fetch", outcome="no_context")
+            self._without_context.inc(without_context)

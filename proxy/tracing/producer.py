@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
@@ -52,6 +53,12 @@ class ProduceTracer:
         self._warned: set[str] = set()
         #: The sampler's bound for roots in hex form, derived once (it never changes).
         self._root_threshold = core.sampler.root_hex_threshold
+        # The series every traced request updates, bound once.
+        traced = partial(metrics.counter, "records_traced", side="produce")
+        self._app_context = traced(outcome="app_context")
+        self._unsampled = traced(outcome="unsampled")
+        self._invalid_context = traced(outcome="invalid_context")
+        self._sampled = traced(outcome="sampled")
 
     def on_produce_request(
         self, ctx: ConnectionContext, partition: ProducePartition
@@ -69,15 +76,13 @@ class ProduceTracer:
                 metrics.inc("records_traced", outcome.calls, side="produce", outcome="skipped")
                 self._warn_once(outcome.skipped, partition)
         if injection.kept:
-            metrics.inc("records_traced", injection.kept, side="produce", outcome="app_context")
+            self._app_context.inc(injection.kept)
         if injection.unsampled:
-            metrics.inc("records_traced", injection.unsampled, side="produce", outcome="unsampled")
+            self._unsampled.inc(injection.unsampled)
         if injection.invalid:
-            metrics.inc(
-                "records_traced", injection.invalid, side="produce", outcome="invalid_context"
-            )
+            self._invalid_context.inc(injection.invalid)
         if kept_sends:
-            metrics.inc("records_traced", len(kept_sends), side="produce", outcome="sampled")
+            self._sampled.inc(len(kept_sends))
         if not kept_sends:
             return None
         topic = partition.topic or str(partition.topic_id)
