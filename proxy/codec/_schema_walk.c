@@ -80,10 +80,35 @@ read_signed(const Input *in, Py_ssize_t pos, int width, int64_t *value)
     return pos + width;
 }
 
+/* Programs come from guard.py, but this is a public function: a malformed one is refused with
+ * SystemError, never read out of bounds. */
+static int
+bad_program(void)
+{
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "walk_schema: malformed program");
+    return FAILED;
+}
+
+/* Item `index` of `tuple` (which must have more than `index` items), NULL if it has not. */
+static PyObject *
+item(PyObject *tuple, Py_ssize_t index)
+{
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) <= index)
+        return NULL;
+    return PyTuple_GET_ITEM(tuple, index);
+}
+
+/* Integer item `index` of `tuple`; -1 with an exception set when it is not one. */
 static long
 item_long(PyObject *tuple, Py_ssize_t index)
 {
-    return PyLong_AsLong(PyTuple_GET_ITEM(tuple, index));
+    PyObject *value = item(tuple, index);
+    if (value == NULL || !PyLong_Check(value)) {
+        bad_program();
+        return -1;
+    }
+    return PyLong_AsLong(value);
 }
 
 /* A length or count: varint of value + 1 when flexible, else a signed int of `width` bytes. */
@@ -102,30 +127,47 @@ static Py_ssize_t
 walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
 {
     int64_t value;
-    switch (item_long(step, 0)) {
-    case 0: /* fixed */
-        pos += item_long(step, 1);
-        return pos > in->size ? INCOMPLETE : pos;
-    case 1: /* sized */
-        pos = read_length(in, pos, (int)item_long(step, 1), (int)item_long(step, 2), &value);
+    long kind = item_long(step, 0); /* a program's integers are never -1: -1 is an error */
+    if (kind == -1)
+        return FAILED;
+    switch (kind) {
+    case 0: { /* fixed */
+        long size = item_long(step, 1);
+        if (size < 0)
+            return bad_program();
+        return size > in->size - pos ? INCOMPLETE : pos + size;
+    }
+    case 1: { /* sized */
+        long flexible = item_long(step, 1), width = item_long(step, 2);
+        if (flexible == -1 || (width != 2 && width != 4))
+            return bad_program();
+        pos = read_length(in, pos, (int)flexible, (int)width, &value);
         if (pos < 0)
             return pos;
+        if (value < -1)
+            return INCOMPLETE; /* kio refuses it with its own error */
         if (value > 0) {
             if (value > in->size - pos)
                 return INCOMPLETE;
             pos += (Py_ssize_t)value;
         }
         return pos;
+    }
     case 2: { /* array */
-        pos = read_length(in, pos, (int)item_long(step, 1), 4, &value);
+        long flexible = item_long(step, 1);
+        PyObject *element = item(step, 2);
+        if (flexible == -1 || element == NULL)
+            return bad_program();
+        pos = read_length(in, pos, (int)flexible, 4, &value);
         if (pos < 0)
             return pos;
+        if (value < -1)
+            return INCOMPLETE;
         if (value > in->size - pos) {
             PyErr_Format(PyExc_ValueError, "an array announces %lld elements with %zd bytes left",
                          (long long)value, in->size - pos);
             return FAILED;
         }
-        PyObject *element = PyTuple_GET_ITEM(step, 2);
         for (int64_t i = 0; i < value; i++) {
             pos = walk_step(element, in, pos);
             if (pos < 0)
@@ -134,14 +176,20 @@ walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
         return pos;
     }
     case 3: /* entity */
-        return walk_entity(PyTuple_GET_ITEM(step, 1), in, pos, NULL);
+        if (item(step, 1) == NULL)
+            return bad_program();
+        return walk_entity(item(step, 1), in, pos, NULL);
     case 4: /* nullable entity */
+        if (item(step, 1) == NULL)
+            return bad_program();
         pos = read_signed(in, pos, 1, &value);
         if (pos < 0 || value == -1)
             return pos;
-        return walk_entity(PyTuple_GET_ITEM(step, 1), in, pos, NULL);
+        return walk_entity(item(step, 1), in, pos, NULL);
     case 5: { /* capture */
-        PyObject *inner = PyTuple_GET_ITEM(step, 2);
+        PyObject *inner = item(step, 2);
+        if (inner == NULL || item(step, 1) == NULL)
+            return bad_program();
         Py_ssize_t end = walk_step(inner, in, pos);
         if (end < 0 || in->captures == NULL)
             return end;
@@ -153,7 +201,7 @@ walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
             if (value < 0)
                 value_start = -1;
         }
-        PyObject *entry = Py_BuildValue("(Onnn)", PyTuple_GET_ITEM(step, 1), pos, value_start, end);
+        PyObject *entry = Py_BuildValue("(Onnn)", item(step, 1), pos, value_start, end);
         int failed = entry == NULL || PyList_Append(in->captures, entry) < 0;
         Py_XDECREF(entry);
         return failed ? FAILED : end;
@@ -164,15 +212,27 @@ walk_step(PyObject *step, const Input *in, Py_ssize_t pos)
     }
 }
 
-/* The step of a tagged field, NULL for a tag the schema does not define. */
+/* The step of a tagged field, NULL for a tag the schema does not define (or, with an exception
+ * set, for a malformed program). */
 static PyObject *
 tagged_step(PyObject *tagged, int64_t tag)
 {
+    if (!PyTuple_Check(tagged)) {
+        bad_program();
+        return NULL;
+    }
     Py_ssize_t count = PyTuple_GET_SIZE(tagged);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *pair = PyTuple_GET_ITEM(tagged, i);
-        if (item_long(pair, 0) == tag)
-            return PyTuple_GET_ITEM(pair, 1);
+        long known = item_long(pair, 0);
+        if (known == -1)
+            return NULL;
+        if (known == tag) {
+            PyObject *step = item(pair, 1);
+            if (step == NULL)
+                bad_program();
+            return step;
+        }
     }
     return NULL;
 }
@@ -193,7 +253,7 @@ walk_tags(PyObject *tagged, const Input *in, Py_ssize_t pos, PyObject *tags)
             return pos;
         PyObject *step = tagged_step(tagged, tag);
         if (step == NULL)
-            return INCOMPLETE;
+            return PyErr_Occurred() ? FAILED : INCOMPLETE;
         pos = walk_step(step, in, pos);
         if (pos < 0)
             return pos;
@@ -211,16 +271,17 @@ walk_tags(PyObject *tagged, const Input *in, Py_ssize_t pos, PyObject *tags)
 static Py_ssize_t
 walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags)
 {
-    PyObject *steps = PyTuple_GET_ITEM(program, 1);
+    PyObject *steps = item(program, 1), *tagged = item(program, 2);
+    long flexible = item_long(program, 0);
+    if (flexible == -1 || steps == NULL || tagged == NULL || !PyTuple_Check(steps))
+        return bad_program();
     Py_ssize_t count = PyTuple_GET_SIZE(steps);
     for (Py_ssize_t i = 0; i < count; i++) {
         pos = walk_step(PyTuple_GET_ITEM(steps, i), in, pos);
         if (pos < 0)
             return pos;
     }
-    if (!PyObject_IsTrue(PyTuple_GET_ITEM(program, 0)))
-        return pos;
-    return walk_tags(PyTuple_GET_ITEM(program, 2), in, pos, tags);
+    return flexible ? walk_tags(tagged, in, pos, tags) : pos;
 }
 
 const char walk_schema_doc[] =
@@ -246,10 +307,9 @@ walk_schema(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "walk_schema: captures must be a list or None");
         return NULL;
     }
-    if (offset < 0 || offset > view.len || PyTuple_GET_SIZE(program) != 3) {
+    if (offset < 0 || offset > view.len) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "walk_schema: bad offset or program");
-        return NULL;
+        Py_RETURN_NONE; /* nothing to walk there, as in the Python twin */
     }
     PyObject *tags = PyList_New(0);
     if (tags == NULL) {

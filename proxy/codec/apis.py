@@ -104,7 +104,6 @@ def response_schema(api_key: int, version: int) -> type:
         raise KeyError((api_key, version)) from exc
 
 
-@cache
 @lru_cache(maxsize=4096)  # asked for every held request; bounded against made-up versions
 def request_is_flexible(api_key: int, version: int) -> bool | None:
     """Whether the request uses header v2 (flexible); None when unknown to kio."""

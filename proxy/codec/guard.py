@@ -33,7 +33,8 @@ _FIXED_SIZES = {
 # The steps of a program (see _schema_walk.c, which interprets the same tuples):
 #   (FIXED, size)                    fixed-size fields: skip `size` bytes
 #   (SIZED, flexible, width)         a string or bytes: its length (varint of length + 1 when
-#                                    flexible, else a signed int of `width` bytes), then the bytes
+#                                    flexible, else a signed int of `width` bytes; -1 is null),
+#                                    then the bytes
 #   (ARRAY, flexible, element)       a count (varint of count + 1, or int32), then the elements
 #   (ENTITY, program)                an embedded entity
 #   (NULLABLE, program)              int8 -1 for null, else the entity
@@ -156,8 +157,12 @@ def _step(step: Step, data: memoryview, pos: int, captures: Captures | None) -> 
         length, pos = _length(data, pos, step[1], step[2])
         if length > 0:
             pos += length
+        elif length < -1:
+            raise _Incomplete  # kio refuses it with its own error
     elif kind == ARRAY:
         count, pos = _length(data, pos, step[1], 4)
+        if count < -1:
+            raise _Incomplete
         if count > len(data) - pos:
             raise ProtocolError(
                 f"an array announces {count} elements with {len(data) - pos} bytes left"
@@ -212,6 +217,8 @@ def walk_python(
 ) -> Walked:
     """Walk the message at `offset`: (where it ends, its own tags), or None when the walk cannot
     finish; captured fields are appended to `captures`. The reference for the compiled walk."""
+    if not 0 <= offset <= len(body):
+        return None
     tags: list[int] = []
     try:
         return _walk_program(program, memoryview(body), offset, tags, captures), tags

@@ -135,6 +135,8 @@ def locate_request_partitions(
             t_index, p_index = t_index + 1, -1
             if api_version >= TOPIC_IDS_FROM:
                 topic, topic_id = None, _topic_id(bytes(view[start:end]))
+            elif value < 0:
+                return None  # a null topic name: kio's decode refuses it
             else:
                 topic, topic_id = _text(view, value, end), None
         else:

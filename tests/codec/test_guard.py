@@ -181,3 +181,35 @@ def test_both_walks_refuse_the_same_lying_array_count() -> None:
     assert python == compiled
     left = len(body) - 20  # after the 15 bytes before the count and the count's 5
     assert python == ("refused", f"an array announces {2**31 - 2} elements with {left} bytes left")
+
+
+def test_both_walks_stop_at_lengths_and_counts_kio_refuses() -> None:
+    # A non-flexible string (int16 length), then an array (int32 count) of int8.
+    strings = (0, ((1, 0, 2),), ())
+    arrays = (0, ((2, 0, (0, 1)),), ())
+    for program, body in (
+        (strings, b"\xff\xfe"),  # length -2
+        (arrays, b"\xff\xff\xff\xfe"),  # count -2
+    ):
+        assert guard.walk_python(program, body, 0) is None
+        assert guard._walk_compiled(program, body, 0) is None
+    # -1 is null, which both accept.
+    assert guard.walk_python(strings, b"\xff\xff", 0) == guard._walk_compiled(
+        strings, b"\xff\xff", 0
+    )
+    assert guard.walk_python(strings, b"\xff\xff", 0) == (2, [])
+
+
+def test_both_walks_answer_none_for_an_offset_outside_the_body() -> None:
+    program = guard.program(response_schema(ApiKey.FETCH, 16))
+    body = bytes(_body(fetch_response()))
+    for offset in (-1, -len(body), len(body) + 1):
+        assert guard.walk_python(program, body, offset) is None
+        assert guard._walk_compiled(program, body, offset) is None
+
+
+def test_the_compiled_walk_refuses_a_malformed_program_without_crashing() -> None:
+    assert native.compiled is not None
+    for program in ((1, 2, 3), (0, ((9, 1),), ()), (0, ((0,),), ()), ("x", (), ())):
+        with pytest.raises(SystemError):
+            native.compiled.walk_schema(program, b"\x00\x00\x00\x02\x01\x01", 0)
