@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 from .apis import ApiKey, response_schema
 from .errors import ProtocolError
-from .guard import Captures, Program, program, walk
+from .guard import Captures, Program, captured_uuid, program, walk
 from .headers import response_header_size
 
 
@@ -67,12 +67,6 @@ def _layout_program(api_version: int) -> Program:
     return program(response_schema(ApiKey.FETCH, api_version), _CAPTURED)
 
 
-@lru_cache(maxsize=1024)
-def _topic_id(raw: bytes) -> uuid.UUID | None:
-    """A topic id as kio reads it (all zeros: none); the same few ids come in every response."""
-    return uuid.UUID(bytes=raw) if any(raw) else None
-
-
 def locate_fetched_partitions(
     body: bytes | memoryview, api_version: int
 ) -> list[FetchedRecords] | None:
@@ -119,7 +113,7 @@ def locate_fetched_partitions(
         elif kind == _ABORTED_OFFSET:
             aborted.append((producer_id, int.from_bytes(view[start:end], "big", signed=True)))
         elif api_version >= TOPIC_IDS_FROM:
-            topic, topic_id = None, _topic_id(bytes(view[start:end]))
+            topic, topic_id = None, captured_uuid(bytes(view[start:end]))
         else:
             if value < 0:
                 return None  # a null topic name: kio's decode reports it

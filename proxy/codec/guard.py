@@ -15,8 +15,9 @@ the package) interprets it; `walk_python` is the reference and the fallback with
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from kio.serial import _introspect as introspect
@@ -238,6 +239,13 @@ def _walk_compiled(
 
 #: The walk the proxy runs: the compiled one when the extension is built.
 walk = _walk_compiled if native.compiled is not None else walk_python
+
+
+@lru_cache(maxsize=1024)
+def captured_uuid(raw: bytes) -> uuid.UUID | None:
+    """A captured uuid field's value as kio reads it (all zeros: None). Cached: the same few
+    topic ids come in every Produce request and Fetch response."""
+    return uuid.UUID(bytes=raw) if any(raw) else None
 
 
 def check_array_counts(schema: type, body: memoryview, offset: int) -> None:

@@ -7,12 +7,12 @@ import struct
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, NamedTuple
 
 from .apis import ApiKey, request_schema
 from .errors import ProtocolError
-from .guard import Captures, Program, program, walk
+from .guard import Captures, Program, captured_uuid, program, walk
 from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
@@ -97,12 +97,6 @@ def _layout_program(api_version: int) -> Program:
     return program(request_schema(ApiKey.PRODUCE, api_version), _CAPTURED)
 
 
-@lru_cache(maxsize=1024)
-def _topic_id(raw: bytes) -> uuid.UUID | None:
-    """A topic id as kio reads it (all zeros: none); the same few ids come in every request."""
-    return uuid.UUID(bytes=raw) if any(raw) else None
-
-
 def locate_request_partitions(
     body: bytes | memoryview, header_size: int, api_version: int
 ) -> RequestLayout | None:
@@ -134,7 +128,7 @@ def locate_request_partitions(
         elif kind == _TOPIC:
             t_index, p_index = t_index + 1, -1
             if api_version >= TOPIC_IDS_FROM:
-                topic, topic_id = None, _topic_id(bytes(view[start:end]))
+                topic, topic_id = None, captured_uuid(bytes(view[start:end]))
             elif value < 0:
                 return None  # a null topic name: kio's decode refuses it
             else:
