@@ -47,14 +47,10 @@ from .codec.messages import (
     response_top_level_tags,
 )
 from .codec.produce import (
-    RequestLayout,
-    iter_request_partitions,
     iter_response_partitions,
     locate_request_partitions,
     produce_acks,
-    replace_records,
     splice_located,
-    splice_records,
 )
 from .groups import GroupDirectory
 from .interceptors import (
@@ -268,12 +264,11 @@ class KafkaExchange:
         if not self._interceptors.produce:
             return held.frame
         layout = locate_request_partitions(body, header_size, entry.api_version)
-        payload = None
         if layout is None:
-            # Only kio can judge this request (or it raises the error the client will see).
-            payload = decode_request(ApiKey.PRODUCE, entry.api_version, body, header_size)
-            partitions = list(iter_request_partitions(payload))
-            layout = RequestLayout(payload.transactional_id, partitions, [])
+            # The walk stops only where kio's decode refuses the request too: kio says why
+            # (ProtocolError: the connection closes). Should kio ever read it, it goes on as sent.
+            decode_request(ApiKey.PRODUCE, entry.api_version, body, header_size)
+            return held.frame
         replacements: dict[tuple[int, int], bytes] = {}
         for located in layout.partitions:
             if located.records is None:
@@ -309,13 +304,7 @@ class KafkaExchange:
         if not replacements:
             return held.frame
         self._rewritten_requests.inc()
-        if payload is None:
-            return splice_located(body, layout, entry.api_version, replacements)
-        spliced = splice_records(body, header_size, entry.api_version, payload, replacements)
-        if spliced is not None:
-            return frame(spliced)
-        # Unexpected layout (e.g. empty records): re-encode the whole request with kio.
-        return frame(replace_payload(body, header_size, replace_records(payload, replacements)))
+        return splice_located(body, layout, entry.api_version, replacements)
 
     def _forget(self, entry: InFlight) -> None:
         """Drop a request that gets no response (acks=0). Requests classified after it in the

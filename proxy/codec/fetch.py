@@ -10,7 +10,7 @@ from typing import Any
 
 from .apis import ApiKey, response_schema
 from .errors import ProtocolError
-from .guard import Captures, Program, captured_uuid, program, walk
+from .guard import Captures, Program, captured_text, captured_uuid, program, walk
 from .headers import response_header_size
 
 
@@ -114,11 +114,11 @@ def locate_fetched_partitions(
             aborted.append((producer_id, int.from_bytes(view[start:end], "big", signed=True)))
         elif api_version >= TOPIC_IDS_FROM:
             topic, topic_id = None, captured_uuid(bytes(view[start:end]))
+        elif value < 0:
+            return None  # a null topic name: kio's decode reports it
         else:
-            if value < 0:
-                return None  # a null topic name: kio's decode reports it
             try:
-                topic, topic_id = str(view[value:end], "utf-8"), None
+                topic, topic_id = captured_text(view, value, end), None
             except UnicodeDecodeError:
                 return None
     return found

@@ -227,18 +227,8 @@ def walk_python(
         return None
 
 
-def _walk_compiled(
-    program: Program, body: bytes | memoryview, offset: int, captures: Captures | None = None
-) -> Walked:
-    assert native.compiled is not None
-    try:
-        return native.compiled.walk_schema(program, body, offset, captures)  # type: ignore[no-any-return]
-    except ValueError as exc:
-        raise ProtocolError(str(exc)) from None
-
-
-#: The walk the proxy runs: the compiled one when the extension is built.
-walk = _walk_compiled if native.compiled is not None else walk_python
+#: The walk the proxy runs: the compiled twin when the extension is built.
+walk = native.twin("walk_schema", walk_python, error=ProtocolError)
 
 
 @lru_cache(maxsize=1024)
@@ -248,27 +238,26 @@ def captured_uuid(raw: bytes) -> uuid.UUID | None:
     return uuid.UUID(bytes=raw) if any(raw) else None
 
 
-def check_array_counts(schema: type, body: memoryview, offset: int) -> None:
+def captured_text(body: memoryview, value_start: int, end: int) -> str | None:
+    """A captured string field's value (None: null); UnicodeDecodeError for bytes that are not
+    UTF-8, which kio's decode refuses."""
+    return None if value_start < 0 else str(body[value_start:end], "utf-8")
+
+
+def check_array_counts(schema: type, body: bytes | memoryview, offset: int) -> None:
     """Raise ProtocolError if any array in the message announces more elements than can fit."""
     # Truncated or odd input stops the walk: kio's reader then reports it without over-allocating.
     walk(program(schema), body, offset)
 
 
-def top_level_tags(schema: type, body: memoryview, offset: int) -> tuple[int, ...] | None:
+def top_level_tags(schema: type, body: bytes | memoryview, offset: int) -> tuple[int, ...] | None:
     """The tags of the message's own tagged fields, checking array counts on the way.
 
     Produce and Fetch responses carry broker addresses (KIP-951 node endpoints) only there, so an
     empty answer lets the proxy forward such a response without decoding it first. None: the
     walk could not finish or left bytes over, so only a full decode can judge the message.
     """
-    return program_top_level_tags(program(schema), body, offset)
-
-
-def program_top_level_tags(
-    steps: Program, body: bytes | memoryview, offset: int
-) -> tuple[int, ...] | None:
-    """`top_level_tags` with the schema's program already at hand."""
-    walked = walk(steps, body, offset)
+    walked = walk(program(schema), body, offset)
     if walked is None or walked[0] != len(body):
         return None
     return tuple(walked[1])

@@ -12,10 +12,10 @@ from typing import Any
 
 from kio.serial import entity_reader, entity_writer
 
-from .apis import request_schema, response_is_flexible, response_schema
+from .apis import request_schema, response_schema
 from .errors import ProtocolError
-from .guard import Program, check_array_counts, program, program_top_level_tags
-from .headers import RESPONSE_PEEK_SIZE, response_header_size, skip_tagged_fields
+from .guard import check_array_counts, top_level_tags
+from .headers import response_header_size
 
 
 @cache
@@ -85,23 +85,12 @@ def response_top_level_tags(
 ) -> tuple[int, ...] | None:
     """The tags of a response's own tagged fields, without decoding it (see `top_level_tags`);
     None when only a full decode can tell."""
-    steps, flexible = _response_walk(api_key, api_version)
-    if not flexible:
-        header_size = RESPONSE_PEEK_SIZE
-    else:
-        try:
-            header_size = skip_tagged_fields(body, RESPONSE_PEEK_SIZE)
-        except ProtocolError:
-            return None
-    return program_top_level_tags(steps, body, header_size)
-
-
-@cache
-def _response_walk(api_key: int, api_version: int) -> tuple[Program, bool]:
-    """The walk over a response's body, and whether its header has tagged fields; asked for
-    every Produce and Fetch response, so looked up once per API version."""
     schema = _schema(response_schema, api_key, api_version)
-    return program(schema), response_is_flexible(api_key, api_version)
+    try:
+        header_size = response_header_size(body, api_key, api_version)
+    except ProtocolError:
+        return None
+    return top_level_tags(schema, body, header_size)
 
 
 def replace_payload(body: bytes | memoryview, header_size: int, payload: Any) -> bytes:

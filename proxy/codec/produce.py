@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from .apis import ApiKey, request_schema
 from .errors import ProtocolError
-from .guard import Captures, Program, captured_uuid, program, walk
+from .guard import Captures, Program, captured_text, captured_uuid, program, walk
 from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
@@ -83,15 +83,6 @@ _CAPTURED = {
 }
 
 
-def _text(body: memoryview, start: int, end: int) -> str | None:
-    if start < 0:
-        return None
-    try:
-        return str(body[start:end], "utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("a Produce request's string is not valid UTF-8") from None
-
-
 @cache
 def _layout_program(api_version: int) -> Program:
     return program(request_schema(ApiKey.PRODUCE, api_version), _CAPTURED)
@@ -102,7 +93,8 @@ def locate_request_partitions(
 ) -> RequestLayout | None:
     """The layout of a Produce request, from the guard's walk along kio's schema (which also
     checks its array counts). Records come out as views of `body`, not copies. None when the
-    walk cannot finish or leaves bytes over: only kio's decode can judge such a request."""
+    walk cannot finish, leaves bytes over or finds a string kio would refuse: only kio's decode
+    can judge such a request, and it refuses every one the walk was found to stop at."""
     view = memoryview(body)
     captures: Captures = []
     walked = walk(_layout_program(api_version), view, header_size, captures)
@@ -115,26 +107,29 @@ def locate_request_partitions(
     topic_id: uuid.UUID | None = None
     t_index = p_index = -1
     partition = 0
-    for kind, start, value, end in captures:
-        if kind == _RECORDS:
-            records = view[value:end] if value >= 0 else None
-            partitions.append(
-                PartitionRecords(t_index, p_index, topic, topic_id, partition, records)
-            )
-            fields.append((start, end))
-        elif kind == _PARTITION:
-            p_index += 1
-            partition = int.from_bytes(view[start:end], "big", signed=True)
-        elif kind == _TOPIC:
-            t_index, p_index = t_index + 1, -1
-            if api_version >= TOPIC_IDS_FROM:
-                topic, topic_id = None, captured_uuid(bytes(view[start:end]))
-            elif value < 0:
-                return None  # a null topic name: kio's decode refuses it
+    try:
+        for kind, start, value, end in captures:
+            if kind == _RECORDS:
+                records = view[value:end] if value >= 0 else None
+                partitions.append(
+                    PartitionRecords(t_index, p_index, topic, topic_id, partition, records)
+                )
+                fields.append((start, end))
+            elif kind == _PARTITION:
+                p_index += 1
+                partition = int.from_bytes(view[start:end], "big", signed=True)
+            elif kind == _TOPIC:
+                t_index, p_index = t_index + 1, -1
+                if api_version >= TOPIC_IDS_FROM:
+                    topic, topic_id = None, captured_uuid(bytes(view[start:end]))
+                elif value < 0:
+                    return None  # a null topic name
+                else:
+                    topic, topic_id = captured_text(view, value, end), None
             else:
-                topic, topic_id = _text(view, value, end), None
-        else:
-            transactional_id = _text(view, value, end)
+                transactional_id = captured_text(view, value, end)
+    except UnicodeDecodeError:
+        return None
     return RequestLayout(transactional_id, partitions, fields)
 
 
@@ -178,69 +173,10 @@ def replace_records(payload: Any, replacements: Mapping[tuple[int, int], bytes])
     return dataclasses.replace(payload, topic_data=tuple(topics))
 
 
-#: Bytes of a partition's records searched for before the rest is compared.
-_SEARCH_PREFIX = 64
-
-
 def _length_prefix(api_version: int, size: int) -> bytes:
     if api_version >= FLEXIBLE_FROM:
         return write_uvarint(size + 1)
     return size.to_bytes(4, "big", signed=True)
-
-
-def _find_copy(data: bytes, records: bytes, start: int) -> int:
-    """Where `records` (a copy of a slice of `data`) starts, from `start` on; -1 if nowhere.
-
-    Searching for a short prefix and comparing the rest is far cheaper than searching for a
-    16 KiB needle, which makes `bytes.find` prepare a table of the whole needle first.
-    """
-    if not records:
-        return -1
-    head = records[:_SEARCH_PREFIX]
-    at = data.find(head, start)
-    while at >= 0:
-        if data.startswith(records, at):
-            return at
-        at = data.find(head, at + 1)
-    return -1
-
-
-def splice_records(
-    body: bytes | memoryview,
-    header_size: int,
-    api_version: int,
-    payload: Any,
-    replacements: Mapping[tuple[int, int], bytes],
-) -> bytes | None:
-    """The request body with some partitions' records replaced and every other byte as it was.
-
-    Each partition's records appear in the frame in wire order, right after their length
-    prefix, so they are found by searching forward from the previous one and checked against
-    that prefix. Returns None if the layout is not what was expected (the caller re-encodes).
-    """
-    data = bytes(body)
-    pieces: list[bytes] = []
-    copied, search_from = 0, header_size
-    for located in iter_request_partitions(payload):
-        records = located.records
-        if records is None:
-            continue
-        start = _find_copy(data, records, search_from)
-        prefix = _length_prefix(api_version, len(records))
-        if start < 0 or data[start - len(prefix) : start] != prefix:
-            return None
-        end = start + len(records)
-        new = replacements.get((located.topic_index, located.partition_index))
-        if new is not None:
-            pieces += (
-                data[copied : start - len(prefix)],
-                _length_prefix(api_version, len(new)),
-                new,
-            )
-            copied = end
-        search_from = end
-    pieces.append(data[copied:])
-    return b"".join(pieces)
 
 
 @dataclass(frozen=True, slots=True)

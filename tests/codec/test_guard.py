@@ -136,7 +136,7 @@ def _both_walks(schema: type, body: bytes, offset: int) -> tuple[object, object]
         captures: guard.Captures = []
         return _outcome(lambda: walk(program, body, offset, captures)), captures
 
-    python, compiled = run(guard.walk_python), run(guard._walk_compiled)
+    python, compiled = run(guard.walk_python), run(guard.walk)
     if python[0] is None or (isinstance(python[0], tuple) and python[0][0] == "refused"):
         # Captures made before the walk stopped are not used by anyone: compare results only.
         return python[0], compiled[0]
@@ -145,7 +145,7 @@ def _both_walks(schema: type, body: bytes, offset: int) -> tuple[object, object]
 
 def test_the_proxy_runs_the_compiled_walk() -> None:
     assert native.compiled is not None
-    assert guard.walk is guard._walk_compiled
+    assert guard.walk is not guard.walk_python
 
 
 @pytest.mark.parametrize("frame", _params(DECODABLE))
@@ -192,11 +192,9 @@ def test_both_walks_stop_at_lengths_and_counts_kio_refuses() -> None:
         (arrays, b"\xff\xff\xff\xfe"),  # count -2
     ):
         assert guard.walk_python(program, body, 0) is None
-        assert guard._walk_compiled(program, body, 0) is None
+        assert guard.walk(program, body, 0) is None
     # -1 is null, which both accept.
-    assert guard.walk_python(strings, b"\xff\xff", 0) == guard._walk_compiled(
-        strings, b"\xff\xff", 0
-    )
+    assert guard.walk_python(strings, b"\xff\xff", 0) == guard.walk(strings, b"\xff\xff", 0)
     assert guard.walk_python(strings, b"\xff\xff", 0) == (2, [])
 
 
@@ -205,7 +203,7 @@ def test_both_walks_answer_none_for_an_offset_outside_the_body() -> None:
     body = bytes(_body(fetch_response()))
     for offset in (-1, -len(body), len(body) + 1):
         assert guard.walk_python(program, body, offset) is None
-        assert guard._walk_compiled(program, body, offset) is None
+        assert guard.walk(program, body, offset) is None
 
 
 def test_the_compiled_walk_refuses_a_malformed_program_without_crashing() -> None:
