@@ -120,9 +120,10 @@ def run(duration: float | None, workdir: Path) -> int:
                     app("billing", billing_proxy.bootstrap_servers, workdir),
                 ):
                     traffic(duration, workdir)
+                billed = count_lines(workdir / "billing.log", "billed ")
                 progress("apps stopped; waiting for the last spans to reach Jaeger")
             # Stopping the proxies flushed their span queues.
-            return report(jaeger, workdir)
+            return report(jaeger, workdir, billed)
 
 
 def traffic(duration: float | None, workdir: Path) -> None:
@@ -142,7 +143,15 @@ def traffic(duration: float | None, workdir: Path) -> None:
         print()
 
 
-def report(jaeger: Jaeger, workdir: Path) -> int:
+def report(jaeger: Jaeger, workdir: Path, billed: int) -> int:
+    if not billed:
+        # Say why rather than wait for traces that cannot exist.
+        print(
+            "nothing was billed before the apps stopped: the billing consumer needs a few"
+            f" seconds to join its group, so let the demo run longer; logs are in {workdir}",
+            file=sys.stderr,
+        )
+        return 1
     try:
         traces = wait_for(lambda: complete_traces(jaeger), timeout=20, what="complete traces")
     except TimeoutError:
