@@ -4,7 +4,8 @@
  * refused), only faster; the Python modules fall back to the twins when this extension is not
  * built. The twins, which document the logic:
  *
- *   sampled_traceparent_positions  proxy/tracing/consumer.py     (find sampled contexts in records)
+ *   sampled_traceparent_positions  proxy/tracing/skim.py         (find sampled contexts in records)
+ *   skim_batches                   proxy/tracing/skim.py         (the fetch skim over a partition)
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
@@ -43,6 +44,43 @@ is_sampled_flag_char(unsigned char c)
     }
 }
 
+/* Where in data[pos:end) the next traceparent header with the sampled flag may start, or -1.
+ * Prefixes without the flag are passed over (the prefix cannot overlap itself). */
+static Py_ssize_t
+next_sampled_prefix(const unsigned char *data, Py_ssize_t pos, Py_ssize_t end)
+{
+    while (end - pos >= WIRE_PREFIX_SIZE) {
+        const unsigned char *hit = memchr(data + pos, WIRE_PREFIX[0],
+                                          (size_t)(end - pos - WIRE_PREFIX_SIZE + 1));
+        if (hit == NULL) {
+            return -1;
+        }
+        pos = hit - data;
+        if (memcmp(hit + 1, WIRE_PREFIX + 1, WIRE_PREFIX_SIZE - 1) != 0) {
+            pos += 1;
+            continue;
+        }
+        Py_ssize_t flags_at = pos + FLAGS_LAST_CHAR;
+        if (flags_at < end && is_sampled_flag_char(data[flags_at])) {
+            return pos;
+        }
+        pos += WIRE_PREFIX_SIZE;
+    }
+    return -1;
+}
+
+static int
+append_ssize(PyObject *list, Py_ssize_t value)
+{
+    PyObject *item = PyLong_FromSsize_t(value);
+    if (item == NULL) {
+        return -1;
+    }
+    int result = PyList_Append(list, item);
+    Py_DECREF(item);
+    return result;
+}
+
 PyDoc_STRVAR(sampled_traceparent_positions_doc,
 "sampled_traceparent_positions(data, start, end) -> list[int]\n\n"
 "Where in data[start:end] a traceparent header with the sampled flag may start.");
@@ -69,30 +107,14 @@ sampled_traceparent_positions(PyObject *module, PyObject *args)
         PyBuffer_Release(&view);
         return NULL;
     }
-    Py_ssize_t pos = start;
-    while (end - pos >= WIRE_PREFIX_SIZE) {
-        const unsigned char *hit = memchr(data + pos, WIRE_PREFIX[0],
-                                          (size_t)(end - pos - WIRE_PREFIX_SIZE + 1));
-        if (hit == NULL) {
-            break;
+    Py_ssize_t pos = next_sampled_prefix(data, start, end);
+    while (pos >= 0) {
+        if (append_ssize(positions, pos) < 0) {
+            Py_DECREF(positions);
+            PyBuffer_Release(&view);
+            return NULL;
         }
-        pos = hit - data;
-        if (memcmp(hit + 1, WIRE_PREFIX + 1, WIRE_PREFIX_SIZE - 1) != 0) {
-            pos += 1;
-            continue;
-        }
-        Py_ssize_t flags_at = pos + FLAGS_LAST_CHAR;
-        if (flags_at < end && is_sampled_flag_char(data[flags_at])) {
-            PyObject *found = PyLong_FromSsize_t(pos);
-            if (found == NULL || PyList_Append(positions, found) < 0) {
-                Py_XDECREF(found);
-                Py_DECREF(positions);
-                PyBuffer_Release(&view);
-                return NULL;
-            }
-            Py_DECREF(found);
-        }
-        pos += WIRE_PREFIX_SIZE; /* the prefix cannot overlap itself */
+        pos = next_sampled_prefix(data, pos + WIRE_PREFIX_SIZE, end);
     }
     PyBuffer_Release(&view);
     return positions;
@@ -328,6 +350,183 @@ splice_one_header_each(PyObject *module, PyObject *args)
 #define ROOT_HEADER_SIZE (WIRE_PREFIX_SIZE + 55)
 #define RANDOM_PER_ROOT 24 /* 16 bytes of trace id, 8 of span id */
 
+/* --- skim_batches: the fetch skim's walk over a partition's batches ------------------------ */
+
+#define LOG_OVERHEAD 12
+#define MAGIC_OFFSET 16
+#define ATTRIBUTES_OFFSET 21
+#define LAST_OFFSET_DELTA_OFFSET 23
+#define RECORD_COUNT_OFFSET 57
+#define RECORDS_OFFSET 61
+#define MIN_LEGACY_MESSAGE_SIZE 14
+#define CODEC_MASK 0x07
+#define CONTROL_FLAG 0x20
+
+static uint64_t
+read_be(const unsigned char *p, int n)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < n; i++) {
+        value = (value << 8) | p[i];
+    }
+    return value;
+}
+
+/* record_starts_holding (records.py) with the hits found as the records are stepped over:
+ * appends to `starts` where, relative to body_start, each record of data[body_start:end) that
+ * holds a sampled prefix begins. `hit` is the first such prefix. 0, or -1 with ValueError. */
+static int
+starts_holding_hits(const unsigned char *data, Py_ssize_t body_start, Py_ssize_t end,
+                    int32_t record_count, Py_ssize_t hit, PyObject *starts)
+{
+    if (record_count < 0) {
+        PyErr_Format(PyExc_ValueError, "negative record count %d", (int)record_count);
+        return -1;
+    }
+    Py_ssize_t pos = body_start;
+    for (int32_t i = 0; i < record_count && hit >= 0; i++) {
+        if (pos >= end) {
+            PyErr_Format(PyExc_ValueError, "batch holds fewer than %d records", (int)record_count);
+            return -1;
+        }
+        Py_ssize_t record_start = pos;
+        int64_t length;
+        if (read_varint(data, &record_start, end, MAX_VARINT_BYTES, &length) < 0) {
+            return -1;
+        }
+        if (length <= 0 || length > end - record_start) {
+            PyErr_Format(PyExc_ValueError, "record length %lld does not fit the batch",
+                         (long long)length);
+            return -1;
+        }
+        Py_ssize_t record_end = record_start + (Py_ssize_t)length;
+        if (hit < record_end) {
+            if (append_ssize(starts, pos - body_start) < 0) {
+                return -1;
+            }
+            /* Prefixes cannot overlap, so a fresh search from here finds the twin's next hit. */
+            hit = next_sampled_prefix(data, record_end, end);
+        }
+        pos = record_end;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(skim_batches_doc,
+"skim_batches(records) -> (highest_offset, record_count, wanted)\n\n"
+"A partition's data batches skimmed for records that may carry a sampled traceparent.");
+
+static PyObject *
+skim_batches(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) {
+        return NULL;
+    }
+    const unsigned char *data = view.buf;
+    const Py_ssize_t total = view.len;
+    /* The highest base offset + last offset delta, kept exact: a peer's int64s may overflow. */
+    __int128 highest = -1;
+    int64_t highest_base = -1, highest_delta = 0;
+    long long record_count = 0;
+    PyObject *starts = NULL;
+    PyObject *wanted = PyList_New(0);
+    if (wanted == NULL) {
+        goto fail;
+    }
+    Py_ssize_t pos = 0;
+    while (total - pos >= LOG_OVERHEAD) {
+        const unsigned char *batch = data + pos;
+        int32_t batch_length = (int32_t)read_be(batch + 8, 4);
+        if (batch_length < MIN_LEGACY_MESSAGE_SIZE) {
+            PyErr_Format(PyExc_ValueError, "batch length %d at byte %zd is impossible",
+                         (int)batch_length, pos);
+            goto fail;
+        }
+        Py_ssize_t end = pos + LOG_OVERHEAD + batch_length;
+        if (end > total) {
+            break; /* a truncated final batch: normal at a fetch's byte limit */
+        }
+        unsigned char magic = batch[MAGIC_OFFSET];
+        if (magic < 2) {
+            pos = end; /* legacy message sets carry no headers */
+            continue;
+        }
+        if (magic != 2) {
+            PyErr_Format(PyExc_ValueError, "unknown magic %d", (int)magic);
+            goto fail;
+        }
+        if (end - pos < RECORDS_OFFSET) {
+            PyErr_Format(PyExc_ValueError, "%zd bytes is too short for a v2 batch", end - pos);
+            goto fail;
+        }
+        int16_t attributes = (int16_t)read_be(batch + ATTRIBUTES_OFFSET, 2);
+        if (attributes & CONTROL_FLAG) {
+            pos = end;
+            continue;
+        }
+        int64_t base_offset = (int64_t)read_be(batch, 8);
+        int32_t last_offset_delta = (int32_t)read_be(batch + LAST_OFFSET_DELTA_OFFSET, 4);
+        int32_t batch_records = (int32_t)read_be(batch + RECORD_COUNT_OFFSET, 4);
+        if ((__int128)base_offset + last_offset_delta > highest) {
+            highest = (__int128)base_offset + last_offset_delta;
+            highest_base = base_offset;
+            highest_delta = last_offset_delta;
+        }
+        record_count += batch_records;
+        if (attributes & CODEC_MASK) {
+            PyObject *entry = Py_BuildValue("(nnO)", pos, end, Py_None);
+            if (entry == NULL || PyList_Append(wanted, entry) < 0) {
+                Py_XDECREF(entry);
+                goto fail;
+            }
+            Py_DECREF(entry);
+        }
+        else {
+            Py_ssize_t body_start = pos + RECORDS_OFFSET;
+            Py_ssize_t hit = next_sampled_prefix(data, body_start, end);
+            if (hit >= 0) {
+                starts = PyList_New(0);
+                if (starts == NULL
+                    || starts_holding_hits(data, body_start, end, batch_records, hit, starts) < 0) {
+                    goto fail;
+                }
+                PyObject *entry = Py_BuildValue("(nnN)", pos, end, starts);
+                starts = NULL; /* the entry owns it (or it was released with the entry) */
+                if (entry == NULL || PyList_Append(wanted, entry) < 0) {
+                    Py_XDECREF(entry);
+                    goto fail;
+                }
+                Py_DECREF(entry);
+            }
+        }
+        pos = end;
+    }
+    PyBuffer_Release(&view);
+    PyObject *highest_obj;
+    if (highest >= INT64_MIN && highest <= INT64_MAX) {
+        highest_obj = PyLong_FromLongLong((long long)highest);
+    }
+    else {
+        PyObject *base = PyLong_FromLongLong(highest_base);
+        PyObject *delta = base ? PyLong_FromLongLong(highest_delta) : NULL;
+        highest_obj = delta ? PyNumber_Add(base, delta) : NULL;
+        Py_XDECREF(base);
+        Py_XDECREF(delta);
+    }
+    if (highest_obj == NULL) {
+        Py_DECREF(wanted);
+        return NULL;
+    }
+    return Py_BuildValue("(NLN)", highest_obj, record_count, wanted);
+
+fail:
+    Py_XDECREF(starts);
+    Py_XDECREF(wanted);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static const char HEX[] = "0123456789abcdef";
 
 static void
@@ -470,6 +669,7 @@ static PyMethodDef speedups_methods[] = {
      sampled_traceparent_positions_doc},
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
     {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
+    {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -300,6 +300,38 @@ def _read_headers(buf: memoryview, pos: int, end: int, header_count: int) -> tup
     return tuple(headers)
 
 
+def record_starts_holding(
+    data: Buffer, start: int, end: int, record_count: int, positions: Sequence[int]
+) -> list[int]:
+    """Where the records of a batch body ``data[start:end]`` that hold one of ``positions``
+    (ascending offsets into ``data``) begin, as offsets from ``start``.
+
+    Records are stepped over by their length prefix, unparsed, and only as far as the last
+    position: a record that is never reached is never checked.
+    """
+    if record_count < 0:
+        raise RecordBatchError(f"negative record count {record_count}")
+    starts: list[int] = []
+    pos = start
+    index = 0
+    wanted = len(positions)
+    for _ in range(record_count):
+        if index == wanted:
+            break
+        if pos >= end:
+            raise RecordBatchError(f"batch holds fewer than {record_count} records")
+        length, record_start = _read_varint(data, pos, end, _MAX_VARINT_BYTES)
+        record_end = record_start + length
+        if length <= 0 or record_end > end:
+            raise RecordBatchError(f"record length {length} does not fit the batch")
+        if positions[index] < record_end:
+            starts.append(pos - start)
+            while index < wanted and positions[index] < record_end:
+                index += 1
+        pos = record_end
+    return starts
+
+
 class BatchView:
     """One record batch (or legacy message) read in place; records are decoded on demand."""
 
@@ -449,32 +481,19 @@ class BatchView:
         Other records are stepped over by their length prefix, unparsed: finding the few
         records a byte scan pointed at costs a fraction of decoding the whole batch.
         """
-        if self.record_count < 0:
-            raise RecordBatchError(f"negative record count {self.record_count}")
+        starts = record_starts_holding(body, 0, len(body), self.record_count, positions)
+        return self.records_at(body, starts)
+
+    def records_at(self, body: memoryview, starts: Sequence[int]) -> list[RecordView]:
+        """Parse the records that begin at ``starts`` (offsets into ``body``, as
+        `record_starts_holding` finds them)."""
         log_append_time = self.max_timestamp if self.timestamp_type else None
-        found: list[RecordView] = []
-        pos = index = 0
         limit = len(body)
-        wanted = len(positions)
-        for _ in range(self.record_count):
-            if index == wanted:
-                break
-            if pos >= limit:
-                raise RecordBatchError(f"batch holds fewer than {self.record_count} records")
-            length, start = _read_varint(body, pos, limit, _MAX_VARINT_BYTES)
-            end = start + length
-            if length <= 0 or end > limit:
-                raise RecordBatchError(f"record length {length} does not fit the batch")
-            if positions[index] < end:
-                found.append(
-                    _read_record(
-                        body, pos, limit, self.base_offset, self.base_timestamp, log_append_time
-                    )
-                )
-                while index < wanted and positions[index] < end:
-                    index += 1
-            pos = end
-        return found
+        base_offset, base_timestamp = self.base_offset, self.base_timestamp
+        return [
+            _read_record(body, start, limit, base_offset, base_timestamp, log_append_time)
+            for start in starts
+        ]
 
     def __repr__(self) -> str:
         return (

@@ -8,7 +8,6 @@ skipped. A record at an offset the same group (or client) already received is ma
 
 from __future__ import annotations
 
-import bisect
 import collections
 import logging
 import time
@@ -19,34 +18,26 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import Link, SpanKind
 
-from ..codec import native
 from ..codec.compression import CompressionError
 from ..codec.records import (
-    CODEC_MASK,
     CONTROL_FLAG,
     RECORDS_OFFSET,
     TRANSACTIONAL_FLAG,
     BatchHeader,
     BatchView,
-    Codec,
     RecordBatchError,
     RecordView,
     iter_batch_headers,
+    record_starts_holding,
 )
 from ..interceptors import ConnectionContext, FetchedPartition
 from ..metrics import Metrics
 from .core import TracingCore
+from .skim import sampled_traceparent_positions, skim_batches, skim_headers
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
-from .traceparent import VALUE_LENGTH, WIRE_PREFIX
 
 log = logging.getLogger(__name__)
 
-#: From the start of a traceparent header (`WIRE_PREFIX`, as it appears in a decompressed batch
-#: body) to the last character of its flags ("00-<32>-<16>-0X").
-_FLAGS_LAST_CHAR = len(WIRE_PREFIX) + VALUE_LENGTH - 1
-_PREFIX_SIZE = len(WIRE_PREFIX)
-#: Lower-case hex digits with the sampled bit (01) set.
-_SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 AGE_ATTRIBUTE = "ktp.record.age_ms"
 REDELIVERED_ATTRIBUTE = "ktp.redelivered"
 #: Partitions whose delivered offsets are remembered, process-wide, oldest forgotten first.
@@ -72,38 +63,6 @@ class DeliveredOffsets:
                 self._high.popitem(last=False)
 
 
-def sampled_traceparent_positions_python(
-    data: bytes | memoryview, start: int, end: int
-) -> list[int]:
-    """Where in ``data[start:end]`` a traceparent header with the sampled flag may start.
-
-    A superset: each position still goes through the strict parser. `bytes.find` skips
-    between headers at memory speed, where a regular expression walks every byte. The search
-    goes on right after each prefix found (the prefix cannot overlap itself), so a record value
-    that happens to hold the prefix bytes cannot hide a real header that follows it.
-    """
-    if start < 0 or end < 0:
-        raise ValueError("start and end must not be negative")
-    if not isinstance(data, bytes):
-        data = bytes(data)  # for bytes.find; the compiled twin reads any buffer as it is
-    positions: list[int] = []
-    end = min(end, len(data))
-    find = data.find
-    pos = find(WIRE_PREFIX, start, end)
-    while pos >= 0:
-        flags_at = pos + _FLAGS_LAST_CHAR
-        if flags_at < end and data[flags_at] in _SAMPLED_FLAG_CHARS:
-            positions.append(pos)
-        pos = find(WIRE_PREFIX, pos + _PREFIX_SIZE, end)
-    return positions
-
-
-#: The compiled twin (`_speedups.c`) when built: a memchr scan, over ten times faster.
-sampled_traceparent_positions = native.twin(
-    "sampled_traceparent_positions", sampled_traceparent_positions_python
-)
-
-
 def _visible_batches(fetched: FetchedPartition) -> list[BatchHeader]:
     """Data batches a consumer will see: no legacy or control batches, no aborted
     transactions."""
@@ -124,48 +83,32 @@ def _visible_batches(fetched: FetchedPartition) -> list[BatchHeader]:
     return visible
 
 
-def _skim(
-    fetched: FetchedPartition, records: bytes | memoryview
-) -> tuple[list[RecordView], int, int]:
+def _skim(fetched: FetchedPartition) -> tuple[list[RecordView], int, int]:
     """The records that may carry a sampled traceparent, the highest offset delivered, and how
     many records were passed over unparsed.
 
-    Uncompressed batches share one byte scan of the partition's records, so a batch without a
-    hit costs only its header; compressed ones are scanned after decompressing. Usually nothing
-    is parsed at all.
+    Uncompressed batches are searched in place, so a batch without a hit costs only its header;
+    compressed ones are searched after decompressing. Usually nothing is parsed at all.
     """
-    hits = sampled_traceparent_positions(records, 0, len(records))
+    records = fetched.records
+    if fetched.aborted_transactions:
+        highest, record_count, wanted = skim_headers(records, _visible_batches(fetched))
+    else:
+        highest, record_count, wanted = skim_batches(records)
     view = memoryview(records)
     found: list[RecordView] = []
-    highest = -1
-    passed_over = 0
-    bisect_left = bisect.bisect_left
-    for header in _visible_batches(fetched):
-        start, end = header.start, header.end
-        highest = max(highest, header.base_offset + header.last_offset_delta)
-        sampled: list[RecordView] = []
-        if header.attributes & CODEC_MASK == Codec.NONE:
-            body_start = start + RECORDS_OFFSET
-            first = bisect_left(hits, body_start)
-            last = bisect_left(hits, end, first)
-            if first < last:
-                sampled = BatchView(view[start:end]).records_containing(
-                    view[body_start:end], [hit - body_start for hit in hits[first:last]]
-                )
-        else:
-            batch = BatchView(view[start:end])
+    for start, end, starts in wanted:
+        batch = BatchView(view[start:end])
+        if starts is None:
             body = batch.body()
-            data = (
-                body.obj
-                if isinstance(body.obj, bytes) and len(body.obj) == len(body)
-                else bytes(body)
-            )
-            positions = sampled_traceparent_positions(data, 0, len(data))
-            if positions:
-                sampled = batch.records_containing(body, positions)
-        found += sampled
-        passed_over += header.record_count - len(sampled)
-    return found, highest, passed_over
+            positions = sampled_traceparent_positions(body, 0, len(body))
+            if not positions:
+                continue
+            starts = record_starts_holding(body, 0, len(body), batch.record_count, positions)
+        else:
+            body = view[start + RECORDS_OFFSET : end]
+        found += batch.records_at(body, starts)
+    return found, highest, record_count - len(found)
 
 
 def _visible_records(fetched: FetchedPartition) -> Iterator[RecordView]:
@@ -231,7 +174,7 @@ class FetchTracer:
         skimmed = 0
         records: Iterable[RecordView]
         if skim:
-            records, skim_highest, skimmed = _skim(fetched, fetched.records)
+            records, skim_highest, skimmed = _skim(fetched)
             highest = max(highest, skim_highest)
         else:
             records = _visible_records(fetched)

@@ -25,7 +25,7 @@ from proxy.codec.records import (
     splice_one_header_each,
     splice_one_header_each_python,
 )
-from proxy.tracing.consumer import sampled_traceparent_positions_python
+from proxy.tracing.skim import sampled_traceparent_positions_python
 from proxy.tracing.traceparent import (
     WIRE_PREFIX,
     format_traceparent,
