@@ -52,6 +52,15 @@ class PathSpec:
     kind: str  # "direct", "socat", "pyrelay" or "proxy"
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    #: The source tree the proxy runs from (None: this one); another commit's checkout makes
+    #: an A/B within one interleaved run.
+    source: Path | None = None
+
+    def from_tree(self, tree: Path) -> PathSpec:
+        """The same path with the proxy run from `tree`, named `<name>-base`."""
+        return PathSpec(
+            f"{self.name}-base", self.kind, self.env, f"{self.description} [from {tree}]", tree
+        )
 
     @property
     def tracing(self) -> bool:
@@ -283,6 +292,19 @@ def metric_sum(samples: Mapping[tuple[str, str], float], name: str, **labels: st
     )
 
 
+def on_cpu_seconds(pid: int) -> float | None:
+    """How long the live threads of `pid` have run (schedstat, ns), or None where the kernel
+    does not say. A thread that exited takes its time with it: the relays keep theirs."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
 class RunningPath:
     """A started path: where clients bootstrap, and the relay process whose cost we account."""
 
@@ -341,6 +363,7 @@ class RunningPath:
                 env=env,
                 name=spec.name,
                 python=self.python,
+                source=spec.source,
             )
             self.proxy.start()
             self._ps = psutil.Process(self.proxy.pid)
@@ -400,16 +423,26 @@ class RunningPath:
         return pids
 
     def cpu_seconds(self) -> float:
-        """User+system CPU of the relay so far, including exited (reaped) and live children."""
+        """User+system CPU of the relay so far, including exited (reaped) and live children.
+
+        Live processes are read from the scheduler's per-thread nanosecond counters: the tick
+        counts behind `cpu_times` are 10 ms steps, a tenth of what a consume run costs the
+        proxy. Exited children only left ticks behind.
+        """
         if self._ps is None:
             return 0.0
         times = self._ps.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
+        total = times.children_user + times.children_system
+        processes = [self._ps]
         with contextlib.suppress(psutil.Error):
-            for child in self._ps.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    child_times = child.cpu_times()
-                    total += child_times.user + child_times.system
+            processes += self._ps.children(recursive=True)
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                on_cpu = on_cpu_seconds(process.pid)
+                if on_cpu is None:
+                    ticks = process.cpu_times()
+                    on_cpu = ticks.user + ticks.system
+                total += on_cpu
         return total
 
     def rss_bytes(self) -> int:

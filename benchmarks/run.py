@@ -34,6 +34,7 @@ from benchmarks.harness import (
     SOCAT_INSTALL_HINT,
     BenchCluster,
     LeakWatcher,
+    PathSpec,
     RunningPath,
     create_topics,
     install_signal_handlers,
@@ -84,20 +85,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "PGO and LTO like the image's; its dependencies go into a cached venv (default: the "
         "benchmark's own interpreter)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="TREE",
+        type=Path,
+        help="also run each selected proxy path from this checkout of another commit (built: "
+        "python setup.py build_ext --inplace there), as <path>-base, interleaved with this "
+        "tree's: an A/B that machine drift hits alike",
+    )
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be >= 1")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not any((args.baseline / "proxy" / "codec").glob("_speedups*.so")):
+            parser.error(
+                f"--baseline {args.baseline}: no built proxy there (run python setup.py "
+                "build_ext --inplace in it)"
+            )
     return args
 
 
-def select_paths(only: str | None) -> list[str]:
-    if not only:
-        return list(PATHS)
-    wanted = [p.strip() for p in only.split(",") if p.strip()]
+def select_paths(only: str | None, baseline: Path | None = None) -> dict[str, PathSpec]:
+    """The paths to run by name, in canonical order, direct first; with a baseline tree each
+    proxy path is followed by the same path run from that tree."""
+    wanted = [p.strip() for p in (only or ",".join(PATHS)).split(",") if p.strip()]
     unknown = [p for p in wanted if p not in PATHS]
     if unknown:
         raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
-    return [p for p in PATHS if p == "direct" or p in wanted]  # canonical order, direct first
+    chosen: dict[str, PathSpec] = {}
+    for name, spec in PATHS.items():
+        if name == "direct" or name in wanted:
+            chosen[name] = spec
+            if baseline is not None and spec.kind == "proxy":
+                base = spec.from_tree(baseline)
+                chosen[base.name] = base
+    return chosen
 
 
 QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "produce-py")
@@ -263,11 +286,12 @@ def drain_and_collect(running: Mapping[str, RunningPath], timeout: float = 20.0)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("socat") is None and "socat" in select_paths(args.only):
+    chosen = select_paths(args.only, args.baseline)
+    if shutil.which("socat") is None and "socat" in chosen:
         print(f"error: {SOCAT_INSTALL_HINT} (or leave it out: --only ...)", file=sys.stderr)
         return 2
-    path_names = select_paths(args.only)
-    python_paths = [n for n in path_names if PATHS[n].kind in ("proxy", "pyrelay")]
+    path_names = list(chosen)
+    python_paths = [n for n in path_names if chosen[n].kind in ("proxy", "pyrelay")]
     try:
         interpreter = (
             proxy_interpreter(args.proxy_python)
@@ -302,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.start()
             stack.callback(cluster.stop)
             print(f"==> Kafka up in {cluster.start_seconds:.1f} s at {cluster.bootstrap_servers}")
-            specs = [PATHS[name] for name in path_names]
+            specs = list(chosen.values())
             running = stack.enter_context(
                 started_paths(specs, cluster, workdir, interpreter.python)
             )
@@ -349,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     duration = time.monotonic() - began
     uptime_after = uptime()
     document = build_document(
-        args, path_names, loads, counts, reps, runs, relays,
+        args, chosen, loads, counts, reps, runs, relays,
         started_at, duration, uptime_before, uptime_after, workdir, interpreter,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
@@ -385,7 +409,7 @@ def progress_line(run: Mapping[str, Any], reps: int) -> str:
 
 def build_document(
     args: argparse.Namespace,
-    path_names: list[str],
+    chosen: Mapping[str, PathSpec],
     loads: list[Load],
     counts: Mapping[str, int],
     reps: int,
@@ -399,6 +423,7 @@ def build_document(
     interpreter: Interpreter,
 ) -> dict[str, Any]:
     """Everything the run measured, plus the summary, the targets and the markdown table."""
+    path_names = list(chosen)
     summary = summarise(runs)
     goals = targets(summary)
     costs = sampled_record_cost(runs)
@@ -437,7 +462,7 @@ def build_document(
         "uptime_after": uptime_after,
         "workdir": str(workdir) if args.keep_workdir else None,
         "paths": {
-            name: {"description": PATHS[name].description, **PATHS[name].env} for name in path_names
+            name: {"description": spec.description, **spec.env} for name, spec in chosen.items()
         },
         "loads": {
             ld.name: {

@@ -28,10 +28,13 @@ class ProxyProcess:
         env: Mapping[str, str] | None = None,
         name: str = "proxy",
         python: str | None = None,
+        source: Path | None = None,
     ) -> None:
         self.workdir = workdir
         #: The interpreter that runs `-m proxy` (default: this one).
         self.python = python or sys.executable
+        #: The source tree whose `proxy` package runs (default: this checkout).
+        self.source = source or REPO_ROOT
         self.name = name
         base = free_port_block(max_node_id + 2)
         self.listen_port = base
@@ -89,11 +92,11 @@ class ProxyProcess:
 
     def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, **self.env, "PYTHONPATH": str(self.source)}
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [self.python, "-m", "proxy"],
-            cwd=REPO_ROOT,
+            cwd=self.source,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
