@@ -52,6 +52,7 @@ from benchmarks.loads import LOADS, MIB, Load, produce_py, run_load
 from benchmarks.report import markdown, sampled_record_cost, summarise, targets
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -141,21 +142,22 @@ def select_loads(names: str | None, quick: bool = False) -> list[Load]:
     return [load for load in LOADS.values() if load.name in wanted]
 
 
-def git_commit() -> str:
+def git_commit(tree: Path = REPO) -> str:
+    """The commit checked out in `tree` (+dirty with uncommitted changes to tracked files)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=tree,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=5,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=tree,
         )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     return "unknown"
@@ -437,6 +439,11 @@ def build_document(
         f"- machine: {os.cpu_count()} CPUs, shared by broker, clients and relay; 1-min load "
         + (f"during runs {min(loadavgs):.1f}-{max(loadavgs):.1f}" if loadavgs else "n/a"),
         f"- proxy interpreter: {interpreter.description}",
+        *(
+            [f"- `-base` paths: the proxy of {args.baseline} (commit {git_commit(args.baseline)})"]
+            if args.baseline
+            else []
+        ),
         f"- uptime before: `{uptime_before}`",
         f"- uptime after: `{uptime_after}`",
     ]
