@@ -6,6 +6,7 @@
  *
  *   sampled_traceparent_positions  proxy/tracing/skim.py         (find sampled contexts in records)
  *   skim_batches                   proxy/tracing/skim.py         (the fetch skim over a partition)
+ *   read_record                    proxy/codec/records.py        (one record's fields)
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
@@ -121,7 +122,8 @@ sampled_traceparent_positions(PyObject *module, PyObject *args)
 }
 
 /* One zig-zag varint of at most max_bytes bytes at *pos, ending before limit. 0 on success
- * (value decoded, *pos after it), -1 with ValueError set. */
+ * (value decoded, *pos after it), -1 with ValueError set, -2 (nothing set) for a 10-byte
+ * varlong whose value needs more than 64 bits, which only the Python twin can hold. */
 static int
 read_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max_bytes,
             int64_t *value)
@@ -135,6 +137,9 @@ read_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max
     int shift = 0;
     while (at < stop) {
         unsigned char byte = buf[at++];
+        if (shift == 63 && (byte & 0x7F) > 1) {
+            return -2;
+        }
         raw |= (uint64_t)(byte & 0x7F) << shift;
         if (byte < 0x80) {
             *value = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
@@ -143,8 +148,12 @@ read_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max
         }
         shift += 7;
     }
-    PyErr_SetString(PyExc_ValueError, stop - *pos < max_bytes
-                    ? "truncated varint" : "varint longer than 5 bytes");
+    if (stop - *pos < max_bytes) {
+        PyErr_SetString(PyExc_ValueError, "truncated varint");
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "varint longer than %d bytes", max_bytes);
+    }
     return -1;
 }
 
@@ -527,6 +536,186 @@ fail:
     return NULL;
 }
 
+/* --- read_record: one record's fields, for RecordView ------------------------------------- */
+
+#define MAX_VARLONG_BYTES 10
+
+/* The record's headers (_read_headers in records.py): a tuple of (str key, bytes-or-None value)
+ * that must end exactly at `end`, or NULL with ValueError. */
+static PyObject *
+read_headers(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int64_t count)
+{
+    if (count < 0 || count * 2 > end - pos) {
+        PyErr_Format(PyExc_ValueError, "impossible header count %lld", (long long)count);
+        return NULL;
+    }
+    PyObject *headers = PyTuple_New((Py_ssize_t)count);
+    if (headers == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
+        int64_t key_length, value_length;
+        if (read_varint(buf, &pos, end, MAX_VARINT_BYTES, &key_length) < 0) {
+            goto fail;
+        }
+        if (key_length < 0 || key_length > end - pos) {
+            PyErr_Format(PyExc_ValueError, "bad header key length %lld", (long long)key_length);
+            goto fail;
+        }
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)buf + pos, (Py_ssize_t)key_length,
+                                             "strict");
+        if (key == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError, "header key is not utf-8");
+            }
+            goto fail;
+        }
+        pos += (Py_ssize_t)key_length;
+        if (read_varint(buf, &pos, end, MAX_VARINT_BYTES, &value_length) < 0) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        PyObject *value;
+        if (value_length < 0) {
+            value = Py_NewRef(Py_None);
+        }
+        else if (value_length > end - pos) {
+            Py_DECREF(key);
+            PyErr_Format(PyExc_ValueError, "bad header value length %lld",
+                         (long long)value_length);
+            goto fail;
+        }
+        else {
+            value = PyBytes_FromStringAndSize((const char *)buf + pos, (Py_ssize_t)value_length);
+            pos += (Py_ssize_t)value_length;
+        }
+        PyObject *pair = value ? PyTuple_Pack(2, key, value) : NULL;
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (pair == NULL) {
+            goto fail;
+        }
+        PyTuple_SET_ITEM(headers, i, pair);
+    }
+    if (pos != end) {
+        PyErr_Format(PyExc_ValueError, "record has %zd bytes after its headers", end - pos);
+        goto fail;
+    }
+    return headers;
+
+fail:
+    Py_DECREF(headers);
+    return NULL;
+}
+
+PyDoc_STRVAR(read_record_doc,
+"read_record(buf, pos, limit, base_offset, base_timestamp, log_append_time) -> tuple | None\n\n"
+"The fields of the record at buf[pos:limit] as records.RecordView holds them; None where a\n"
+"value needs more than 64 bits (the Python twin reads those).");
+
+static PyObject *
+read_record(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, limit;
+    long long base_offset, base_timestamp;
+    PyObject *log_append_time;
+    if (!PyArg_ParseTuple(args, "y*nnLLO", &view, &pos, &limit, &base_offset, &base_timestamp,
+                          &log_append_time)) {
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    PyObject *result = NULL;
+    int status;
+    if (pos < 0 || limit > view.len || pos > limit) {
+        PyErr_SetString(PyExc_ValueError, "record position outside the buffer");
+        goto done;
+    }
+    long long append_time = 0;
+    int has_append_time = log_append_time != Py_None;
+    if (has_append_time) {
+        append_time = PyLong_AsLongLong(log_append_time);
+        if (append_time == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    Py_ssize_t length_start = pos;
+    int64_t length, timestamp_delta, offset_delta, key_length, value_length, header_count;
+    if ((status = read_varint(buf, &pos, limit, MAX_VARINT_BYTES, &length)) < 0) {
+        goto done;
+    }
+    if (length <= 0 || length > limit - pos) {
+        PyErr_Format(PyExc_ValueError, "record length %lld does not fit the batch",
+                     (long long)length);
+        goto done;
+    }
+    Py_ssize_t start = pos, end = pos + (Py_ssize_t)length;
+    pos += 1; /* attributes: unused by any Kafka version */
+    if ((status = read_varint(buf, &pos, end, MAX_VARLONG_BYTES, &timestamp_delta)) < 0
+        || (status = read_varint(buf, &pos, end, MAX_VARINT_BYTES, &offset_delta)) < 0) {
+        goto done;
+    }
+    long long offset, timestamp = append_time;
+    if (__builtin_add_overflow(base_offset, offset_delta, &offset)
+        || (!has_append_time
+            && __builtin_add_overflow(base_timestamp, timestamp_delta, &timestamp))) {
+        status = -2; /* beyond 64 bits: the Python twin's integers hold it */
+        goto done;
+    }
+    if ((status = read_varint(buf, &pos, end, MAX_VARINT_BYTES, &key_length)) < 0) {
+        goto done;
+    }
+    Py_ssize_t key_start = pos;
+    if (key_length > 0) {
+        if (key_length > end - pos) {
+            PyErr_SetString(PyExc_ValueError, "record key runs past the record");
+            goto done;
+        }
+        pos += (Py_ssize_t)key_length;
+    }
+    if ((status = read_varint(buf, &pos, end, MAX_VARINT_BYTES, &value_length)) < 0) {
+        goto done;
+    }
+    Py_ssize_t value_start = pos;
+    if (value_length > 0) {
+        if (value_length > end - pos) {
+            PyErr_SetString(PyExc_ValueError, "record value runs past the record");
+            goto done;
+        }
+        pos += (Py_ssize_t)value_length;
+    }
+    Py_ssize_t header_count_start = pos;
+    if ((status = read_varint(buf, &pos, end, MAX_VARINT_BYTES, &header_count)) < 0) {
+        goto done;
+    }
+    PyObject *headers;
+    if (header_count == 0) {
+        if (pos != end) {
+            PyErr_Format(PyExc_ValueError, "record has %zd bytes after its headers", end - pos);
+            goto done;
+        }
+        headers = PyTuple_New(0);
+    }
+    else {
+        headers = read_headers(buf, pos, end, header_count);
+    }
+    if (headers == NULL) {
+        goto done;
+    }
+    result = Py_BuildValue("(nnnLLnLnLnnLN)", length_start, start, end, offset, timestamp,
+                           key_start, (long long)key_length, value_start,
+                           (long long)value_length, header_count_start, pos,
+                           (long long)header_count, headers);
+
+done:
+    PyBuffer_Release(&view);
+    if (status == -2) {
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
 static const char HEX[] = "0123456789abcdef";
 
 static void
@@ -670,6 +859,7 @@ static PyMethodDef speedups_methods[] = {
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
     {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
+    {"read_record", read_record, METH_VARARGS, read_record_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},
     {NULL, NULL, 0, NULL},
 };
