@@ -137,7 +137,7 @@ read_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max
     int shift = 0;
     while (at < stop) {
         unsigned char byte = buf[at++];
-        if (shift == 63 && (byte & 0x7F) > 1) {
+        if (shift == 63 && byte > 1 && byte < 0x80) { /* a last byte with bits past 64 */
             return -2;
         }
         raw |= (uint64_t)(byte & 0x7F) << shift;
@@ -627,7 +627,7 @@ read_record(PyObject *module, PyObject *args)
     }
     const unsigned char *buf = view.buf;
     PyObject *result = NULL;
-    int status;
+    int status = 0;
     if (pos < 0 || limit > view.len || pos > limit) {
         PyErr_SetString(PyExc_ValueError, "record position outside the buffer");
         goto done;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,9 @@ from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from proxy.codec import native
 from proxy.codec.records import RECORDS_OFFSET, BatchView, RecordBatchError
+from proxy.tracing import skim
 from proxy.tracing.skim import Skim, skim_batches, skim_batches_python
+from proxy.tracing.skim import sampled_traceparent_positions_python as python_search
 from proxy.tracing.traceparent import format_traceparent, parse_traceparent
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -80,10 +83,12 @@ def partition() -> bytes:
 
 def both(records: bytes) -> Skim | str:
     """The Python twin's answer (or its error message), after checking the compiled twin's."""
-    try:
-        expected: Skim | str = skim_batches_python(records)
-    except RecordBatchError as exc:
-        expected = f"error: {exc}"
+    # Python all the way down: the twin's search too, not the compiled one it picks when built.
+    with mock.patch.object(skim, "sampled_traceparent_positions", python_search):
+        try:
+            expected: Skim | str = skim_batches_python(records)
+        except RecordBatchError as exc:
+            expected = f"error: {exc}"
     if compiled is not None:
         try:
             got: Skim | str = compiled.skim_batches(records)

@@ -147,7 +147,26 @@ def test_any_bytes_read_alike(data: bytes, base_offset: int, append_time: int | 
 
 def test_overlong_varints_are_refused_alike() -> None:
     timestamp = bytes([0]) + b"\xff" * 10 + b"\x00" * 8  # no end within 10 bytes
+    assert compiled is not None
+    record = bytes([len(timestamp) * 2]) + timestamp
+    with pytest.raises(ValueError, match="longer than 10"):  # refused, not handed to Python
+        compiled.read_record(record, 0, len(record), 0, 0, None)
     offset = bytes([0, 0]) + b"\xff" * 5 + b"\x00" * 8  # no end within 5 bytes
     for fields, longest in ((timestamp, 10), (offset, 5)):
         record = bytes([len(fields) * 2]) + fields
         assert answer(record, 0, len(record)) == f"error: varint longer than {longest} bytes"
+
+
+def test_arguments_outside_the_contract_raise_instead_of_crashing() -> None:
+    assert compiled is not None
+    for args, error in (
+        ((b"", -1, 0), ValueError),
+        ((b"\x02\x00", 2, 1), ValueError),
+        ((b"\x02\x00", 0, 5), ValueError),
+    ):
+        with pytest.raises(error):
+            compiled.read_record(*args, 0, 0, None)
+    with pytest.raises(TypeError):
+        compiled.read_record(b"\x02\x00", 0, 2, 0, 0, "x")
+    with pytest.raises(OverflowError):
+        compiled.read_record(b"\x02\x00", 0, 2, 0, 0, 1 << 64)
