@@ -15,7 +15,6 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
 from proxy.codec import native
@@ -24,6 +23,7 @@ from proxy.tracing import skim
 from proxy.tracing.skim import Skim, skim_batches, skim_batches_python
 from proxy.tracing.skim import sampled_traceparent_positions_python as python_search
 from proxy.tracing.traceparent import format_traceparent, parse_traceparent
+from tests.tracing.test_interceptors import build_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 compiled = native.compiled
@@ -37,19 +37,7 @@ def batch(
     control: bool = False,
 ) -> bytes:
     """A v2 batch as kafka-python writes it (a control batch when asked: the flag only)."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=codec,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for i, (key, value, headers) in enumerate(records):
-        builder.append(i, timestamp=1_700_000_000_000 + i, key=key, value=value, headers=headers)
-    data = bytearray(builder.build())
-    data[0:8] = base_offset.to_bytes(8, "big", signed=True)  # not covered by the CRC
+    data = bytearray(build_batch(records, codec, base_offset=base_offset))
     if control:
         data[22] |= 0x20
     return bytes(data)
