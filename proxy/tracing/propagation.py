@@ -16,6 +16,7 @@ from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from ..codec.records import EncodedHeaders, encode_headers
+from .spans import span_context
 from .traceparent import TRACEPARENT, WIRE_PREFIX, format_traceparent, parse_traceparent
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -37,12 +38,7 @@ class RecordContext:
     sampled: bool
 
     def span_context(self) -> SpanContext:
-        return SpanContext(
-            self.trace_id,
-            self.span_id,
-            is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED if self.sampled else 0),
-        )
+        return span_context(self.trace_id, self.span_id, remote=True, sampled=self.sampled)
 
 
 class _DictGetter(Getter[dict[str, list[str]]]):
