@@ -296,13 +296,21 @@ def on_cpu_seconds(pid: int) -> float | None:
     """How long the live threads of `pid` have run (schedstat, ns), or None where the kernel
     does not say. A thread that exited takes its time with it: the relays keep theirs."""
     try:
-        total = 0
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
                 total += int(stat.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return total / 1e9
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/schedstat"):
+                return None  # a kernel without schedstat
+            # else: the thread ended after the listing
+        except (OSError, ValueError, IndexError):
+            return None
+    return total / 1e9 if total else None  # all zero: the kernel does not count
 
 
 class RunningPath:

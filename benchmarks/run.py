@@ -92,18 +92,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="also run each selected proxy path from this checkout of another commit (built: "
         "python setup.py build_ext --inplace there), as <path>-base, interleaved with this "
-        "tree's: an A/B that machine drift hits alike",
+        "tree's and taking turns to go first: an A/B that machine drift hits alike",
     )
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be >= 1")
     if args.baseline is not None:
-        args.baseline = args.baseline.resolve()
-        if not any((args.baseline / "proxy" / "codec").glob("_speedups*.so")):
-            parser.error(
-                f"--baseline {args.baseline}: no built proxy there (run python setup.py "
-                "build_ext --inplace in it)"
-            )
+        args.baseline = args.baseline.resolve()  # checked once the interpreter is known
     return args
 
 
@@ -124,6 +119,18 @@ def select_paths(only: str | None, baseline: Path | None = None) -> dict[str, Pa
     return chosen
 
 
+def run_order(path_names: list[str], rep: int) -> list[str]:
+    """The paths in the order one repetition runs them: each `<path>-base` swaps places with its
+    `<path>` every other repetition, so neither side of an A/B always runs second."""
+    if rep % 2 == 0:
+        return path_names
+    order = list(path_names)
+    for index, name in enumerate(order):
+        if name.endswith("-base") and index > 0 and order[index - 1] == name[: -len("-base")]:
+            order[index - 1], order[index] = order[index], order[index - 1]
+    return order
+
+
 QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "produce-py")
 """--quick runs one load of each kind: it smoke-tests every code path in under two minutes."""
 
@@ -140,6 +147,32 @@ def select_loads(names: str | None, quick: bool = False) -> list[Load]:
         if source:
             wanted.add(source)
     return [load for load in LOADS.values() if load.name in wanted]
+
+
+def baseline_problem(tree: Path, python: str) -> str | None:
+    """Why the proxy would not run from `tree` with its own compiled twins (None: it would). A
+    baseline on the pure-Python twins would make any change look faster than it is."""
+    script = (
+        "import proxy, proxy.app, proxy.codec.native as n\n"
+        "print(proxy.__file__)\n"
+        "print(n.describe())"
+    )
+    probe = subprocess.run(
+        [os.path.abspath(python), "-c", script],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = probe.stdout.split("\n")
+    if probe.returncode != 0 or len(lines) < 2:
+        return f"its proxy does not import: {(probe.stderr or probe.stdout).strip()[-300:]}"
+    if lines[0] != str(tree / "proxy" / "__init__.py"):
+        return f"{lines[0]} is imported instead of its own proxy"
+    if lines[1] != "compiled":
+        return f"its compiled twins do not load ({lines[1]}): python setup.py build_ext --inplace"
+    return None
 
 
 def git_commit(tree: Path = REPO) -> str:
@@ -303,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterpreterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.baseline is not None:
+        problem = baseline_problem(args.baseline, interpreter.python)
+        if problem:
+            print(f"error: --baseline {args.baseline}: {problem}", file=sys.stderr)
+            return 2
     install_signal_handlers()
     loads = select_loads(args.loads, args.quick)
     loads_module.FULL_JIT = not args.quick
@@ -343,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 create_topics(cluster.bootstrap_servers, list(topics.values()))
                 for load in loads:
-                    for name in path_names:
+                    for name in run_order(path_names, rep):
                         topic = topics[(load.source or load.name, name)]
                         source_ok = not load.source or any(
                             r["ok"] for r in runs
