@@ -28,7 +28,6 @@ from ..codec.records import (
     RecordBatchError,
     RecordView,
     iter_batch_headers,
-    record_starts_holding,
 )
 from ..interceptors import ConnectionContext, FetchedPartition
 from ..metrics import Metrics
@@ -99,15 +98,13 @@ def _skim(fetched: FetchedPartition) -> tuple[list[RecordView], int, int]:
     found: list[RecordView] = []
     for start, end, starts in wanted:
         batch = BatchView(view[start:end])
-        if starts is None:
+        if starts is None:  # compressed: search the records once they are unpacked
             body = batch.body()
             positions = sampled_traceparent_positions(body, 0, len(body))
-            if not positions:
-                continue
-            starts = record_starts_holding(body, 0, len(body), batch.record_count, positions)
+            if positions:
+                found += batch.records_containing(body, positions)
         else:
-            body = view[start + RECORDS_OFFSET : end]
-        found += batch.records_at(body, starts)
+            found += batch.records_at(view[start + RECORDS_OFFSET : end], starts)
     return found, highest, record_count - len(found)
 
 

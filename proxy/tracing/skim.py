@@ -53,16 +53,24 @@ def sampled_traceparent_positions_python(
     """
     if start < 0 or end < 0:
         raise ValueError("start and end must not be negative")
-    if not isinstance(data, bytes):
-        data = bytes(data)  # for bytes.find; the compiled twin reads any buffer as it is
-    positions: list[int] = []
     end = min(end, len(data))
+    # bytes.find needs bytes (the compiled twin reads any buffer as it is): a view of a whole
+    # bytes object is searched in that object, any other buffer only in a copy of the window.
+    base = 0
+    if not isinstance(data, bytes):
+        whole = data.obj if isinstance(data, memoryview) else None
+        if isinstance(whole, bytes) and data.nbytes == len(whole):
+            data = whole
+        else:
+            base, data = start, bytes(data[start:end])
+            start, end = 0, max(end - base, 0)
+    positions: list[int] = []
     find = data.find
     pos = find(WIRE_PREFIX, start, end)
     while pos >= 0:
         flags_at = pos + _FLAGS_LAST_CHAR
         if flags_at < end and data[flags_at] in _SAMPLED_FLAG_CHARS:
-            positions.append(pos)
+            positions.append(base + pos)
         pos = find(WIRE_PREFIX, pos + _PREFIX_SIZE, end)
     return positions
 
@@ -76,8 +84,6 @@ sampled_traceparent_positions = native.twin(
 def skim_headers(records: Buffer, headers: Iterable[BatchHeader]) -> Skim:
     """Skim the batches of a partition's ``records`` that ``headers`` name (the data batches a
     consumer sees): uncompressed ones are searched in place, compressed ones are handed back."""
-    # The Python search needs bytes (one copy for all batches); the compiled one reads any buffer.
-    data = records if isinstance(records, bytes) or native.compiled else bytes(records)
     highest = -1
     record_count = 0
     wanted: list[WantedBatch] = []
@@ -88,9 +94,11 @@ def skim_headers(records: Buffer, headers: Iterable[BatchHeader]) -> Skim:
             wanted.append((header.start, header.end, None))
             continue
         body_start = header.start + RECORDS_OFFSET
-        hits = sampled_traceparent_positions(data, body_start, header.end)
+        hits = sampled_traceparent_positions(records, body_start, header.end)
         if hits:
-            starts = record_starts_holding(data, body_start, header.end, header.record_count, hits)
+            starts = record_starts_holding(
+                records, body_start, header.end, header.record_count, hits
+            )
             wanted.append((header.start, header.end, starts))
     return highest, record_count, wanted
 

@@ -156,6 +156,9 @@ def traceparent(flags: int) -> bytes:
 def assert_same_scan(data: bytes, start: int, end: int) -> list[int]:
     """The Python twin's answer, after checking that the compiled one (when built) agrees."""
     expected = sampled_traceparent_positions_python(data, start, end)
+    # The Python twin searches other buffers in the bytes they view, or in a copy of the window.
+    for buffer in (memoryview(data), memoryview(b"xx" + data)[2:], bytearray(data)):
+        assert sampled_traceparent_positions_python(buffer, start, end) == expected
     if compiled is not None:
         assert compiled.sampled_traceparent_positions(data, start, end) == expected
     return expected
