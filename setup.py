@@ -10,8 +10,12 @@ setup(
     ext_modules=[
         Extension(
             "proxy.codec._speedups",
-            sources=["proxy/codec/_speedups.c", "proxy/codec/_schema_walk.c"],
-            depends=["proxy/codec/_schema_walk.h"],
+            sources=[
+                "proxy/codec/_speedups.c",
+                "proxy/codec/_schema_walk.c",
+                "proxy/codec/_pairing.c",
+            ],
+            depends=["proxy/codec/_schema_walk.h", "proxy/codec/_pairing.h"],
             optional=True,
         )
     ]

@@ -79,9 +79,9 @@ def warn_if_not_compiled() -> None:
     the proxy noticeably more CPU, which an operator would otherwise have to guess at."""
     if native.compiled is None:
         log.warning(
-            "running the record loops and the schema walk in %s: about a third more CPU per "
-            "message with tracing off, up to twice with tracing on; install with a C compiler "
-            "present for the compiled ones",
+            "running the framing, the record loops and the schema walk in %s: about three "
+            "times the CPU per message with tracing off, up to twice with tracing on; install "
+            "with a C compiler present for the compiled ones",
             native.describe(),
         )
 

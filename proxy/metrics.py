@@ -9,8 +9,10 @@ key lookup. The admin endpoint renders them in Prometheus text format.
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections import Counter
 from collections.abc import Iterator
+from typing import Protocol
 
 Labels = tuple[tuple[str, str], ...]
 #: Upper bounds (seconds) of latency histogram buckets; +Inf is implied.
@@ -42,9 +44,26 @@ class BoundHistogram:
         self._counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
         self._total[0] += value
 
+    def merge(self, counts: list[int], total: float) -> None:
+        """Add observations counted elsewhere: a count per bucket (+Inf last) and their sum."""
+        mine = self._counts
+        for index, count in enumerate(counts):
+            if count:
+                mine[index] += count
+        self._total[0] += total
+
+
+class MetricsSource(Protocol):
+    def flush_metrics(self) -> None:
+        """Add what was counted outside the registry since the last flush."""
+
 
 class Metrics:
-    """Monotonic counters and gauges, keyed by (name, labels)."""
+    """Monotonic counters and gauges, keyed by (name, labels).
+
+    Hot paths may count on their own and add their counts when asked: every read of the
+    registry first flushes the registered sources (weakly held: a source that goes away
+    unflushed loses only what it had not added yet)."""
 
     def __init__(self) -> None:
         self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
@@ -54,6 +73,18 @@ class Metrics:
         #: Call-site form (name, *label items) -> canonical key; label values are few, so this
         #: stays small and spares the hot path a sort and string conversions per increment.
         self._keys: dict[tuple[object, ...], tuple[str, Labels]] = {}
+        self._sources: weakref.WeakSet[MetricsSource] = weakref.WeakSet()
+
+    def add_source(self, source: MetricsSource) -> None:
+        """Flush `source` before every read of the registry, until it is removed."""
+        self._sources.add(source)
+
+    def remove_source(self, source: MetricsSource) -> None:
+        self._sources.discard(source)
+
+    def _flush(self) -> None:
+        for source in list(self._sources):
+            source.flush_metrics()
 
     def _key(self, name: str, labels: dict[str, object]) -> tuple[str, Labels]:
         raw = (name, *labels.items())
@@ -76,6 +107,7 @@ class Metrics:
 
     def histograms(self) -> Iterator[tuple[str, Labels, list[tuple[float, int]], float, int]]:
         """(name, labels, [(upper bound, cumulative count)], sum, count) per histogram."""
+        self._flush()
         for (name, labels), (counts, total) in sorted(self._histograms.items()):
             cumulative, running = [], 0
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
@@ -91,6 +123,7 @@ class Metrics:
         self._gauges[key] = self._gauges.get(key, 0) + amount
 
     def value(self, name: str, **labels: object) -> float:
+        self._flush()
         key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
         if key in self._gauges:
             return self._gauges[key]
@@ -98,10 +131,12 @@ class Metrics:
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its label values."""
+        self._flush()
         return sum(v for (n, _), v in self._counters.items() if n == name)
 
     def samples(self) -> Iterator[tuple[str, str, tuple[tuple[str, str], ...], float]]:
         """(kind, name, labels, value) for every series."""
+        self._flush()
         for (name, labels), value in sorted(self._counters.items()):
             yield "counter", name, labels, value
         for (name, labels), value in sorted(self._gauges.items()):

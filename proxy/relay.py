@@ -23,7 +23,7 @@ from .dialing import describe, dial
 from .exchange import KafkaExchange, Outcome
 from .groups import GroupDirectory
 from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
-from .metrics import BoundCounter, Metrics
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ class _Pauser:
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._reasons: set[str] = set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
 
     def pause(self, reason: str) -> None:
         if not self._reasons and self.transport is not None and not self.transport.is_closing():
@@ -88,11 +92,17 @@ class ClientConnection(asyncio.Protocol):
         self._closed = False
         self._early: list[bytes] = []
         self.id = next(_connection_ids)
+        self._max_in_flight = runtime.settings.max_in_flight
+        # Bytes moved since the metrics last asked (plain ints on the hot path, added to the
+        # registry's counters in flush_metrics).
+        self._from_client = self._to_server = self._from_server = self._to_client = 0
         bytes_counter = runtime.metrics.counter
-        self._bytes_from_client = bytes_counter("bytes", direction="client_to_proxy")
-        self._bytes_to_server = bytes_counter("bytes", direction="proxy_to_server")
-        self._bytes_from_server = bytes_counter("bytes", direction="server_to_proxy")
-        self._bytes_to_client = bytes_counter("bytes", direction="proxy_to_client")
+        self._bytes_counters = (
+            bytes_counter("bytes", direction="client_to_proxy"),
+            bytes_counter("bytes", direction="proxy_to_server"),
+            bytes_counter("bytes", direction="server_to_proxy"),
+            bytes_counter("bytes", direction="proxy_to_client"),
+        )
 
     # -- client side -----------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=settings.buffer_high_water_bytes)
         self._client_reading.pause("connecting")
         self._runtime.connections.add(self)
+        self._runtime.metrics.add_source(self)
         self._runtime.metrics.add("connections_open", 1)
         self._runtime.metrics.inc("connections_accepted", listener=self._listener_label)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_upstream())
@@ -186,28 +197,28 @@ class ClientConnection(asyncio.Protocol):
             # already have read the first bytes (uvloop does): keep them for later.
             self._early.append(data)
             return
-        self._bytes_from_client.inc(len(data))
+        self._from_client += len(data)
         try:
             outcome = exchange.from_client(data)
         except Exception as exc:
             self._fail(exc, "client")
             return
-        self._deliver(server, outcome, self._bytes_to_server)
-        if exchange.in_flight >= self._runtime.settings.max_in_flight:
+        self._to_server += self._deliver(server, outcome)
+        if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
 
     def server_data(self, data: bytes) -> None:
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
             return
-        self._bytes_from_server.inc(len(data))
+        self._from_server += len(data)
         try:
             outcome = exchange.from_server(data)
         except Exception as exc:
             self._fail(exc, "broker")
             return
-        self._deliver(client, outcome, self._bytes_to_client)
-        if exchange.in_flight < self._runtime.settings.max_in_flight:
+        self._to_client += self._deliver(client, outcome)
+        if self._client_reading.paused and exchange.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
 
     def _fail(self, exc: Exception, peer: str) -> None:
@@ -225,19 +236,29 @@ class ClientConnection(asyncio.Protocol):
             log.error("connection %d: closing after an internal error", self.id, exc_info=exc)
         self.close()
 
-    def _deliver(
-        self, transport: asyncio.Transport, outcome: Outcome, sent_bytes: BoundCounter
-    ) -> None:
+    @staticmethod
+    def _deliver(transport: asyncio.Transport, outcome: Outcome) -> int:
+        """Send what the exchange passed on, run what waits for that; the bytes sent."""
         pieces = outcome.send
         if len(pieces) == 1:
-            transport.write(pieces[0])
-            sent_bytes.inc(len(pieces[0]))
+            piece = pieces[0]
+            transport.write(piece)
+            sent = len(piece)
         else:
             # One vectored send for a frame in several pieces (uvloop), not one per piece.
             transport.writelines(pieces)
-            sent_bytes.inc(sum(map(len, pieces)))
+            sent = sum(map(len, pieces))
         for action in outcome.after_send:
             action()
+        return sent
+
+    def flush_metrics(self) -> None:
+        """Add the bytes moved since the last flush to the registry's counters."""
+        moved = (self._from_client, self._to_server, self._from_server, self._to_client)
+        self._from_client = self._to_server = self._from_server = self._to_client = 0
+        for counter, count in zip(self._bytes_counters, moved, strict=True):
+            if count:
+                counter.inc(count)
 
     def pause_writing(self) -> None:  # the client is slow to read: stop reading the broker
         self._server_reading.pause("client_slow")
@@ -280,6 +301,10 @@ class ClientConnection(asyncio.Protocol):
         for transport in (self._client, self._server):
             if transport is not None:
                 transport.close()
+        if self._exchange is not None:
+            self._exchange.close()
+        self.flush_metrics()
+        self._runtime.metrics.remove_source(self)
         self._runtime.connections.discard(self)
         self._runtime.metrics.add("connections_open", -1)
 

@@ -329,3 +329,25 @@ walk_schema(PyObject *self, PyObject *args)
     }
     return Py_BuildValue("(nN)", end, tags);
 }
+
+int
+schema_walk_untagged(PyObject *program, const unsigned char *data, Py_ssize_t size,
+                     Py_ssize_t offset)
+{
+    if (offset < 0 || offset > size) {
+        return 0;
+    }
+    PyObject *tags = PyList_New(0);
+    if (tags == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Input in = {data, size, NULL};
+    Py_ssize_t end = walk_entity(program, &in, offset, tags);
+    int untagged = end == size && PyList_GET_SIZE(tags) == 0;
+    Py_DECREF(tags);
+    if (end == FAILED) {
+        PyErr_Clear(); /* the owner's own walk of the same bytes reports it */
+    }
+    return untagged;
+}

@@ -11,10 +11,12 @@
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
+ *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
+ *                                                                 pairing of a connection)
  *
  * The input is a peer's bytes: every read is bounds-checked, malformed input raises ValueError
- * (the callers turn it into RecordBatchError or ProtocolError), and nothing here keeps a reference
- * or state.
+ * (the callers turn it into RecordBatchError or ProtocolError), and, PairingCore aside (one per
+ * connection, by design), nothing here keeps a reference or state.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -23,6 +25,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_pairing.h"
 #include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
@@ -879,5 +882,10 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&speedups_module);
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module != NULL && pairing_add_type(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -1,6 +1,6 @@
-"""The compiled twins of the per-record loops and the schema walk (`_speedups.c`,
-`_schema_walk.c`), when the package was built with a C compiler; None otherwise, and the
-pure-Python twins run instead (same results, slower)."""
+"""The compiled twins of the per-record loops, the schema walk and the pairing core
+(`_speedups.c`, `_schema_walk.c`, `_pairing.c`), when the package was built with a C compiler;
+None otherwise, and the pure-Python twins run instead (same results, slower)."""
 
 from __future__ import annotations
 

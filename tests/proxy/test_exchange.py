@@ -53,6 +53,18 @@ def exchange(seen: list[int]) -> KafkaExchange:
     )
 
 
+def _with_interceptors(exchange: KafkaExchange, *interceptors: object) -> KafkaExchange:
+    """The same connection's exchange with interceptors (they decide what it holds)."""
+    return KafkaExchange(
+        exchange.context,
+        brokers=exchange._brokers,
+        topics=exchange._topics,
+        interceptors=Interceptors(interceptors),
+        metrics=exchange._metrics,
+        max_frame_size=1 << 20,
+    )
+
+
 def _sent(outcome) -> bytes:
     return b"".join(bytes(p) for p in outcome.send)
 
@@ -389,7 +401,7 @@ def test_injected_records_are_spliced_into_an_otherwise_identical_request(
             ),
         ),
     )
-    exchange._interceptors = Interceptors([_Tagger()])
+    exchange = _with_interceptors(exchange, _Tagger())
     original = request_frame(request, 42, client_id="spliced")
     sent = memoryview(_sent(exchange.from_client(original)))
     assert int.from_bytes(sent[:4], "big") == len(sent) - 4
@@ -463,7 +475,7 @@ def test_a_fetch_response_is_sent_before_it_is_read_for_the_interceptors(
     monkeypatch.setattr(proxy.exchange, "locate_fetched_partitions", counting_locate)
     monkeypatch.setattr(proxy.exchange, "decode_response", counting_decode)
     recorder = _FetchRecorder()
-    exchange._interceptors = Interceptors([recorder])
+    exchange = _with_interceptors(exchange, recorder)
     exchange.from_client(request_frame(_fetch_request(), 8))
     data = response_frame(fetch_response(), 8)
     outcome = exchange.from_server(data)
@@ -480,7 +492,7 @@ def test_a_fetch_response_with_an_error_code_kio_does_not_know_still_reaches_the
     exchange: KafkaExchange,
 ) -> None:
     recorder = _FetchRecorder()
-    exchange._interceptors = Interceptors([recorder])
+    exchange = _with_interceptors(exchange, recorder)
     exchange.from_client(request_frame(_fetch_request(), 8))
     data = bytearray(response_frame(fetch_response(error=1), 8))
     # An error code kio's enum does not know (a newer broker): kio would refuse the response,
@@ -499,7 +511,7 @@ def test_a_sent_response_the_proxy_cannot_decode_is_counted_and_skipped(
     exchange: KafkaExchange,
 ) -> None:
     recorder = _FetchRecorder()
-    exchange._interceptors = Interceptors([recorder])
+    exchange = _with_interceptors(exchange, recorder)
     exchange.from_client(request_frame(_fetch_request(), 8))
     # A byte after the end of the message: neither the walk nor kio can account for it.
     body = response_frame(fetch_response(), 8)[SIZE_PREFIX:] + b"\x00"

@@ -1,0 +1,331 @@
+"""Splitting both directions of a connection into frames and pairing responses with requests.
+
+The per-frame work every relayed byte pays, with no I/O: find the frames, remember each request
+(api key, version, correlation id, when it came) until its response, count requests, bytes and
+latency per API, and hand the owner only the frames it asked to see. Everything else comes out
+as slices of the buffers fed in, never copied.
+
+What the owner asks to see is a `HoldPolicy`: per API key, the versions of requests and of
+responses to hand over whole. Produce requests it does not want are still read here for their
+acks (an acks=0 request gets no response, so it must not wait for one); one in a version outside
+`produce_acks`, or that this module cannot read for sure, is handed over, and the owner's full
+parse decides.
+
+`_speedups.c` has the compiled twin (`PairingCore`); `pairing_core` picks it when built. Both
+raise the same errors with the same messages and produce the same pieces for the same reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import native
+from .errors import FrameTooLarge, ProtocolError
+from .framing import Forward, FrameScanner
+from .guard import Program, walk
+from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id, peek_request
+
+PRODUCE = 0
+#: Produce requests use header v2 (flexible) from this version on.
+PRODUCE_FLEXIBLE_FROM = 9
+#: Produce requests carry a transactional id (before acks) from this version on.
+PRODUCE_TRANSACTIONAL_ID_FROM = 3
+#: Where API keys Kafka does not define are counted (the owner labels it "other").
+OTHER_API = -1
+
+VersionRange = tuple[int, int]
+
+
+@dataclass
+class HoldPolicy:
+    """Which frames the owner wants to see whole; everything else is forwarded as it came."""
+
+    #: API key -> versions of requests to hand over.
+    requests: dict[int, VersionRange] = field(default_factory=dict)
+    #: API key -> versions of responses to hand over (whatever their request's state).
+    responses: dict[int, VersionRange] = field(default_factory=dict)
+    #: (API key, version) -> the guard's program for responses (flexible ones) that are
+    #: forwarded once a walk shows they carry no tagged fields of their own (KIP-951 node
+    #: endpoints, the broker addresses of Produce and Fetch responses); the others are handed
+    #: over. Responses whose request has attached state are always handed over.
+    response_walks: dict[tuple[int, int], Program] = field(default_factory=dict)
+    #: Produce versions whose acks this module reads when the owner does not take the request.
+    produce_acks: VersionRange = (0, -1)
+    #: API keys Kafka defines; the others are counted together under OTHER_API.
+    known_api_keys: frozenset[int] = frozenset()
+    #: Upper bounds (seconds) of the latency histogram's buckets; +Inf is implied.
+    latency_buckets: tuple[float, ...] = ()
+
+
+#: A request the owner asked to see: (seq, api key, version, correlation id, frame); `seq` names
+#: it in `attach` and `forget`. A plain tuple: forwarded pieces are never tuples.
+HeldRequest = tuple[int, int, int, int, "bytes | memoryview"]
+#: A response the owner asked to see: (api key, version, correlation id, attached state or None,
+#: frame).
+HeldResponse = tuple[int, int, int, Any, "bytes | memoryview"]
+
+#: Per API (or OTHER_API) since the last `take_stats`: requests, request bytes, response bytes,
+#: latency count per bucket (+Inf last), latency sum in seconds.
+ApiStats = tuple[int, int, int, int, list[int], float]
+
+
+class _Pending:
+    __slots__ = ("api_key", "api_version", "correlation_id", "expects", "received_at", "state")
+
+    def __init__(self, correlation_id: int, api_key: int, api_version: int, at: float) -> None:
+        self.correlation_id = correlation_id
+        self.api_key = api_key
+        self.api_version = api_version
+        self.received_at = at
+        self.expects = True
+        self.state: Any = None
+
+
+class _Counts:
+    __slots__ = ("latency", "latency_sum", "request_bytes", "requests", "response_bytes")
+
+    def __init__(self, buckets: int) -> None:
+        self.requests = self.request_bytes = self.response_bytes = 0
+        self.latency = [0] * buckets
+        self.latency_sum = 0.0
+
+
+_INT16 = struct.Struct(">h")
+
+
+class PairingCorePython:
+    """Frames and request/response pairing of one connection (the reference twin)."""
+
+    def __init__(
+        self,
+        policy: HoldPolicy,
+        max_frame_size: int,
+        errors: tuple[type[Exception], type[Exception]] = (ProtocolError, FrameTooLarge),
+    ) -> None:
+        self._policy = policy
+        self._hold_requests = dict(policy.requests)
+        self._hold_responses = dict(policy.responses)
+        self._walks = dict(policy.response_walks)
+        self._buckets = policy.latency_buckets
+        self._pending: deque[_Pending] = deque()
+        self._first_seq = 0  # seq of self._pending[0]
+        self._expecting = 0
+        self._counts: dict[int, _Counts] = {}
+        self._requests = FrameScanner(
+            peek_size=REQUEST_PEEK_SIZE, max_frame_size=max_frame_size, classify=self._request
+        )
+        self._responses = FrameScanner(
+            peek_size=RESPONSE_PEEK_SIZE, max_frame_size=max_frame_size, classify=self._response
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Requests that will get a response and have not yet."""
+        return self._expecting
+
+    def hold_requests(self, api_key: int, versions: VersionRange | None) -> None:
+        """Change which requests of one API are handed over (None: none of them)."""
+        if versions is None:
+            self._hold_requests.pop(api_key, None)
+        else:
+            self._hold_requests[api_key] = versions
+
+    def attach(self, seq: int, state: Any) -> None:
+        """Keep `state` with a handed-over request; its response is handed over with it."""
+        self._pending[seq - self._first_seq].state = state
+
+    def forget(self, seq: int) -> None:
+        """A handed-over request gets no response (acks=0)."""
+        pending = self._pending[seq - self._first_seq]
+        if pending.expects:
+            pending.expects = False
+            self._expecting -= 1
+
+    def take_stats(self) -> list[tuple[int, ApiStats]]:
+        """The counts since the last call, per API key (OTHER_API for unknown keys)."""
+        taken = [
+            (key, (c.requests, c.request_bytes, c.response_bytes, c.latency, c.latency_sum))
+            for key, c in self._counts.items()
+        ]
+        self._counts = {}
+        return taken  # type: ignore[return-value]
+
+    def _count(self, api_key: int) -> _Counts:
+        slot = api_key if api_key in self._policy.known_api_keys else OTHER_API
+        counts = self._counts.get(slot)
+        if counts is None:
+            counts = self._counts[slot] = _Counts(len(self._buckets) + 1)
+        return counts
+
+    # -- requests --------------------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> tuple[list[Any], int]:
+        """What to forward (bytes or views) and held requests (`HeldRequest`), in stream
+        order, and how many of the items are held requests."""
+        out: list[Any] = []
+        held = 0
+        for piece in self._requests.feed(data):
+            if type(piece) is Forward:
+                out.append(piece.data)
+                continue
+            seq, for_acks = piece.token
+            if seq < self._first_seq:
+                raise ProtocolError("a response arrived before its request was sent whole")
+            pending = self._pending[seq - self._first_seq]
+            if for_acks:
+                acks = read_produce_acks(memoryview(piece.frame)[4:], pending.api_version)
+                if acks is not None:
+                    if acks == 0:
+                        self.forget(seq)
+                    out.append(piece.frame)
+                    continue
+            out.append(
+                (seq, pending.api_key, pending.api_version, pending.correlation_id, piece.frame)
+            )
+            held += 1
+        return out, held
+
+    def _request(self, peek: memoryview, size: int) -> Any:
+        api_key, api_version, correlation_id = peek_request(peek)
+        seq = self._first_seq + len(self._pending)
+        self._pending.append(_Pending(correlation_id, api_key, api_version, time.monotonic()))
+        self._expecting += 1
+        counts = self._count(api_key)
+        counts.requests += 1
+        counts.request_bytes += size + 4
+        versions = self._hold_requests.get(api_key)
+        if versions is not None and versions[0] <= api_version <= versions[1]:
+            return (seq, False)
+        if api_key == PRODUCE:
+            # Read here for its acks, or handed over in a version this module cannot read.
+            low, high = self._policy.produce_acks
+            return (seq, low <= api_version <= high)
+        return None
+
+    # -- responses -------------------------------------------------------------------------
+
+    def from_server(self, data: bytes) -> tuple[list[Any], int]:
+        """What to forward and held responses (`HeldResponse`), in stream order, and how many
+        of the items are held responses."""
+        out: list[Any] = []
+        held = 0
+        for piece in self._responses.feed(data):
+            if type(piece) is Forward:
+                out.append(piece.data)
+                continue
+            key, version, correlation_id, state, program = piece.token
+            if program is not None and _untagged(program, piece.frame):
+                out.append(piece.frame)
+                continue
+            out.append((key, version, correlation_id, state, piece.frame))
+            held += 1
+        return out, held
+
+    def _response(self, peek: memoryview, size: int) -> Any:
+        correlation_id = peek_correlation_id(peek)
+        pending = self._pending
+        while pending and not pending[0].expects:
+            pending.popleft()
+            self._first_seq += 1
+        if not pending:
+            raise ProtocolError(f"response {correlation_id} arrived with no request outstanding")
+        entry = pending.popleft()
+        self._first_seq += 1
+        self._expecting -= 1
+        if entry.correlation_id != correlation_id:
+            raise ProtocolError(
+                f"response {correlation_id} does not answer the oldest request "
+                f"{entry.correlation_id} (api key {entry.api_key})"
+            )
+        latency = time.monotonic() - entry.received_at
+        counts = self._count(entry.api_key)
+        counts.latency[bisect.bisect_left(self._buckets, latency)] += 1
+        counts.latency_sum += latency
+        counts.response_bytes += size + 4
+        key, version = entry.api_key, entry.api_version
+        versions = self._hold_responses.get(key)
+        if entry.state is not None or (
+            versions is not None and versions[0] <= version <= versions[1]
+        ):
+            return (key, version, entry.correlation_id, entry.state, None)
+        program = self._walks.get((key, version))
+        if program is not None:
+            return (key, version, entry.correlation_id, None, program)  # held for its walk
+        return None
+
+
+def _untagged(program: Program, frame: bytes | memoryview) -> bool:
+    """Whether a flexible response walks to its end without tagged fields of its own; anything
+    unusual (tagged header fields, a walk that fails or stops short) says no, and the owner's
+    own walk and decode judge it."""
+    body = memoryview(frame)[4:]
+    if len(body) < 5 or body[4] != 0:
+        return False
+    try:
+        walked = walk(program, body, 5)
+    except ProtocolError:
+        return False
+    return walked is not None and walked[0] == len(body) and not walked[1]
+
+
+def read_produce_acks(body: memoryview, api_version: int) -> int | None:
+    """The acks of a Produce request body (header included), or None when anything about it
+    is unusual (a client id that is not plain ASCII, tagged header fields, a cut body): the
+    owner's full parse then judges it, with its own error messages."""
+    if len(body) < 10:
+        return None
+    length = _INT16.unpack_from(body, 8)[0]
+    offset = 10
+    if length >= 0:
+        client_id = body[offset : offset + length]
+        if len(client_id) != length or not client_id.tobytes().isascii():
+            return None
+        offset += length
+    elif length != -1:
+        return None
+    if api_version >= PRODUCE_FLEXIBLE_FROM:
+        if offset >= len(body) or body[offset] != 0:
+            return None  # tagged header fields: left to the full parse
+        offset += 1
+    if api_version >= PRODUCE_TRANSACTIONAL_ID_FROM:
+        if api_version >= PRODUCE_FLEXIBLE_FROM:
+            if offset >= len(body) or body[offset] & 0x80:
+                return None  # a transactional id of 127 bytes or more: left to the full parse
+            offset += 1 + max(body[offset] - 1, 0)
+        else:
+            if offset + 2 > len(body):
+                return None
+            length = _INT16.unpack_from(body, offset)[0]
+            offset += 2 + max(length, 0)
+    if offset + 2 > len(body):
+        return None
+    return int(_INT16.unpack_from(body, offset)[0])
+
+
+def _compiled_core(
+    policy: HoldPolicy, max_frame_size: int, errors: tuple[type[Exception], type[Exception]]
+) -> Any:
+    assert native.compiled is not None
+    return native.compiled.PairingCore(policy, max_frame_size, errors)
+
+
+def pairing_core(
+    policy: HoldPolicy,
+    max_frame_size: int,
+    errors: tuple[type[Exception], type[Exception]] = (ProtocolError, FrameTooLarge),
+) -> Any:
+    """The compiled `PairingCore` when the extension is built, else the Python twin."""
+    if native.compiled is not None and hasattr(native.compiled, "PairingCore"):
+        return _compiled_core(policy, max_frame_size, errors)
+    return PairingCorePython(policy, max_frame_size, errors)
+
+
+def range_map(ranges: Mapping[int, VersionRange]) -> dict[int, VersionRange]:
+    """A copy with plain int keys (IntEnum keys would not match in the compiled twin)."""
+    return {int(key): (int(low), int(high)) for key, (low, high) in ranges.items()}

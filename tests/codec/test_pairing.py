@@ -1,0 +1,481 @@
+"""The pairing core: both twins cut the same streams into the same pieces, pair the same
+responses, count the same, and refuse the same input with the same messages."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kio.schema.produce.v3 import request as produce3
+from kio.schema.produce.v9 import request as produce9
+from kio.schema.produce.v11 import request as produce11
+from kio.schema.produce.v11 import response as produce_response11
+from kio.static.primitive import i16, i32
+
+from proxy.codec import native
+from proxy.codec.errors import FrameTooLarge, ProtocolError
+from proxy.codec.framing import frame
+from proxy.codec.headers import parse_request_header
+from proxy.codec.pairing import (
+    OTHER_API,
+    HoldPolicy,
+    PairingCorePython,
+    pairing_core,
+    read_produce_acks,
+)
+from proxy.codec.produce import produce_acks
+from proxy.exchange import hold_policy
+from proxy.interceptors import Interceptors
+
+from ..proxy.messages import fetch_response, request_frame, response_frame
+
+compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
+ERRORS = (ProtocolError, FrameTooLarge)
+METADATA, API_VERSIONS, UNKNOWN = 3, 18, 200
+
+
+class _Tracer:
+    """Stands in for the tracing interceptors: the policy only asks which hooks exist."""
+
+    def on_produce_request(self, ctx: object, partition: object) -> None: ...
+    def on_produce_response(self, ctx: object, state: object, result: object) -> None: ...
+    def on_fetch_response(self, ctx: object, fetched: object) -> None: ...
+
+
+POLICIES = {
+    "tracing off": hold_policy(Interceptors()),
+    "tracing on": hold_policy(Interceptors([_Tracer()])),
+}
+
+
+def _twins(policy: HoldPolicy, max_frame_size: int = 1 << 16) -> tuple[Any, Any]:
+    assert native.compiled is not None
+    return native.compiled.PairingCore(policy, max_frame_size, ERRORS), PairingCorePython(
+        policy, max_frame_size, ERRORS
+    )
+
+
+def _request(api_key: int, version: int, correlation_id: int, body: bytes = b"") -> bytes:
+    header = struct.pack(">hhih", api_key, version, correlation_id, 4) + b"test"
+    return frame(header + body)
+
+
+def _produce(version: int, correlation_id: int, acks: int, client_id: bytes = b"app") -> bytes:
+    """A Produce request's header, transactional id and acks, then opaque bytes."""
+    header = struct.pack(">hhih", 0, version, correlation_id, len(client_id)) + client_id
+    if version >= 9:
+        header += b"\x00"  # no tagged header fields
+        transactional = b"\x03tx"  # compact string "tx"
+    else:
+        transactional = struct.pack(">h", 2) + b"tx"
+    return frame(header + transactional + struct.pack(">h", acks) + b"\x00" * 11)
+
+
+def _response(correlation_id: int, body: bytes = b"\x00\x00") -> bytes:
+    return frame(struct.pack(">i", correlation_id) + body)
+
+
+def _normal(items: list[Any]) -> list[Any]:
+    """Pieces as bytes, held items with their frame as bytes: what the owner can observe."""
+    return [
+        tuple(bytes(x) if i == len(item) - 1 else x for i, x in enumerate(item))
+        if type(item) is tuple
+        else bytes(item)
+        for item in items
+    ]
+
+
+def _feed(core: Any, direction: str, data: bytes | bytearray) -> Any:
+    try:
+        items, held = getattr(core, direction)(data)
+    except (ProtocolError, FrameTooLarge) as exc:
+        return ("raised", type(exc).__name__, str(exc))
+    assert held == sum(1 for item in items if type(item) is tuple)
+    for item in items:
+        if type(item) is tuple and direction == "from_client" and item[1] == 0:
+            _owner_reads_acks(core, item)
+    return _normal(items), core.in_flight
+
+
+def _owner_reads_acks(core: Any, held: tuple[Any, ...]) -> None:
+    """What the exchange does with a Produce request handed over to it."""
+    body = memoryview(held[-1])[4:]
+    header = parse_request_header(body)
+    readable = header.size is not None and 3 <= held[2] <= 13
+    if readable and produce_acks(body, header.size, held[2]) == 0:
+        core.forget(held[0])
+
+
+def _stats(core: Any) -> dict[int, Any]:
+    """The counts taken; latencies by number only (each twin's run takes its own time)."""
+    return {key: (r, rb, sb, sum(lat), s >= 0) for key, (r, rb, sb, lat, s) in core.take_stats()}
+
+
+def _cut(stream: bytes, rng: random.Random, cuts: int) -> list[bytes]:
+    points = sorted({rng.randrange(len(stream) + 1) for _ in range(cuts)} | {0, len(stream)})
+    return [stream[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _conversation(rng: random.Random, count: int) -> tuple[bytes, bytes]:
+    """Requests of several kinds (Produce with every acks, versions the core reads and ones it
+    hands over, unknown API keys), and the responses of those that get one."""
+    requests, responses = [], []
+    for correlation_id in range(1, count + 1):
+        kind = rng.randrange(6)
+        if kind == 0:
+            version = rng.choice([3, 7, 9, 11, 13])
+            acks = rng.choice([0, 1, -1])
+            client = rng.choice([b"app", b"", b"caf\xc3\xa9"])
+            requests.append(_produce(version, correlation_id, acks, client))
+            if acks != 0:
+                responses.append(_response(correlation_id, b"\x00" * rng.randrange(2, 40)))
+            continue
+        api_key = [METADATA, API_VERSIONS, UNKNOWN, 1, 1000][kind - 1]
+        requests.append(_request(api_key, rng.randrange(0, 14), correlation_id, b"x" * kind))
+        responses.append(_response(correlation_id, b"\x01" * rng.randrange(0, 300)))
+    return b"".join(requests), b"".join(responses)
+
+
+def _replay(core: Any, requests: list[bytes], responses: list[bytes]) -> list[Any]:
+    seen = [_feed(core, "from_client", data) for data in requests]
+    seen += [_feed(core, "from_server", data) for data in responses]
+    return [*seen, _stats(core), core.in_flight]
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("seed", range(40))
+def test_both_twins_cut_pair_and_count_a_conversation_alike(policy: str, seed: int) -> None:
+    rng = random.Random(seed)
+    requests, responses = _conversation(rng, rng.randrange(1, 25))
+    request_reads = _cut(requests, rng, rng.randrange(0, 12))
+    response_reads = _cut(responses, rng, rng.randrange(0, 12))
+    c_core, py_core = _twins(POLICIES[policy])
+    seen = _replay(c_core, request_reads, response_reads)
+    assert seen == _replay(py_core, request_reads, response_reads)
+    assert seen[-1] == 0, "every request that expects a response got it"
+    forwarded = b"".join(
+        item[-1] if type(item) is tuple else item
+        for result in seen[: len(request_reads)]
+        for item in result[0]
+    )
+    assert forwarded == requests, "requests come out whole and in order"
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_both_twins_take_mutable_buffers_alike_and_keep_copies_of_them(policy: str) -> None:
+    stream = _produce(11, 1, -1) + _request(METADATA, 12, 2, b"m" * 50)
+    for core in _twins(POLICIES[policy]):
+        first = bytearray(stream[:20])
+        items, _ = core.from_client(first)
+        first[:] = b"\xff" * 20  # the owner reuses its buffer
+        items += core.from_client(bytearray(stream[20:]))[0]
+        assert b"".join(bytes(i[-1] if type(i) is tuple else i) for i in items) == stream
+
+
+@compiled
+@pytest.mark.parametrize(
+    ("direction", "data", "error"),
+    [
+        ("from_client", struct.pack(">i", -1) + b"\x00" * 8, FrameTooLarge),
+        ("from_client", struct.pack(">i", 1 << 17) + b"\x00" * 8, FrameTooLarge),
+        ("from_client", struct.pack(">i", 5) + b"\x00" * 8, ProtocolError),
+        ("from_server", struct.pack(">i", 3) + b"\x00" * 8, ProtocolError),
+        ("from_server", _response(7), ProtocolError),
+    ],
+)
+def test_both_twins_refuse_the_same_input_with_the_same_message(
+    direction: str, data: bytes, error: type[Exception]
+) -> None:
+    results = []
+    for core in _twins(POLICIES["tracing off"]):
+        for cut in range(len(data) + 1):  # the refusal is the same wherever the read ends
+            core = type(core)(POLICIES["tracing off"], 1 << 16, ERRORS)
+            with pytest.raises(error) as raised:
+                getattr(core, direction)(data[:cut])
+                getattr(core, direction)(data[cut:])
+            results.append(str(raised.value))
+    assert len(set(results)) == 1, results
+
+
+@compiled
+def test_a_response_to_the_wrong_request_is_refused_alike() -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(_request(METADATA, 12, 1) + _request(METADATA, 12, 2))
+        with pytest.raises(ProtocolError, match=r"response 2 does not answer .* request 1 \(api"):
+            core.from_server(_response(2))
+
+
+@compiled
+@pytest.mark.parametrize("version", [3, 8, 9, 13])
+def test_acks_zero_produce_requests_expect_no_response(version: int) -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        _, held = core.from_client(_produce(version, 1, 0) + _produce(version, 2, 1))
+        assert held == 0 and core.in_flight == 1
+        _, held = core.from_server(_response(2))
+        assert core.in_flight == 0
+        assert held == (version >= 10), "Produce responses from v10 are held (node endpoints)"
+
+
+@compiled
+def test_attached_state_comes_back_with_the_response() -> None:
+    for core in _twins(POLICIES["tracing on"]):
+        ((seq, key, version, correlation_id, _),) = core.from_client(_produce(9, 5, 1))[0]
+        assert (key, version, correlation_id) == (0, 9, 5)
+        core.attach(seq, ["state"])
+        (item,) = core.from_server(_response(5))[0]
+        assert item[:4] == (0, 9, 5, ["state"])
+
+
+@compiled
+def test_forgotten_requests_are_skipped_and_stop_counting_in_flight() -> None:
+    for core in _twins(POLICIES["tracing on"]):
+        items, _ = core.from_client(_produce(9, 1, 0) + _request(METADATA, 12, 2))
+        core.forget(items[0][0])
+        assert core.in_flight == 1
+        core.from_server(_response(2))
+        assert core.in_flight == 0
+        with pytest.raises(IndexError):
+            core.forget(items[0][0])  # gone once the queue moved past it
+
+
+@compiled
+def test_hold_requests_changes_what_is_handed_over() -> None:
+    policy = HoldPolicy(requests={METADATA: (0, 20)}, known_api_keys=frozenset({METADATA}))
+    for core in _twins(policy):
+        assert core.from_client(_request(METADATA, 12, 1))[1] == 1
+        core.hold_requests(METADATA, None)
+        assert core.from_client(_request(METADATA, 12, 2))[1] == 0
+        core.hold_requests(METADATA, (12, 12))
+        assert core.from_client(_request(METADATA, 12, 3))[1] == 1
+        assert core.from_client(_request(METADATA, 11, 4))[1] == 0
+
+
+@compiled
+def test_counts_are_per_api_with_unknown_keys_together_and_reset_when_taken() -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(_request(METADATA, 12, 1) + _request(UNKNOWN, 0, 2, b"zz"))
+        core.from_client(_request(-5, 0, 3))
+        core.from_server(_response(1) + _response(2) + _response(3, b""))
+        stats = dict(core.take_stats())
+        assert set(stats) == {METADATA, OTHER_API}
+        requests, request_bytes, response_bytes, latency, total = stats[OTHER_API]
+        assert (requests, request_bytes, response_bytes) == (2, 18 + 20, 10 + 8)
+        assert sum(latency) == 2 and total >= 0
+        assert core.take_stats() == []
+
+
+@compiled
+def test_latency_is_counted_in_the_bucket_of_its_bound() -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(_request(METADATA, 12, 1))
+        time.sleep(0.003)
+        core.from_server(_response(1))
+        ((_, (_, _, _, latency, total)),) = core.take_stats()
+        assert 0.003 <= total < 0.05
+        bucket = latency.index(1)
+        assert POLICIES["tracing off"].latency_buckets[bucket - 1] < total
+        assert total <= POLICIES["tracing off"].latency_buckets[bucket]
+
+
+def test_the_compiled_core_is_the_one_used_when_built() -> None:
+    core = pairing_core(POLICIES["tracing off"], 1 << 16)
+    expected = "PairingCorePython" if native.compiled is None else "PairingCore"
+    assert type(core).__name__ == expected
+
+
+def _kio_produce(version: int, acks: int, transactional_id: str | None) -> Any:
+    module = {3: produce3, 9: produce9, 11: produce11}[version]
+    return module.ProduceRequest(
+        transactional_id=transactional_id,
+        acks=i16(acks),
+        timeout=datetime.timedelta(seconds=1),
+        topic_data=(),
+    )
+
+
+@pytest.mark.parametrize("version", [3, 9, 11])
+@pytest.mark.parametrize("acks", [0, 1, -1])
+@pytest.mark.parametrize("transactional_id", [None, "", "tx", "t" * 125])
+@pytest.mark.parametrize("client_id", [None, "", "app"])
+def test_acks_are_read_as_the_full_parse_reads_them(
+    version: int, acks: int, transactional_id: str | None, client_id: str | None
+) -> None:
+    data = request_frame(_kio_produce(version, acks, transactional_id), 1, client_id)
+    body = memoryview(data)[4:]
+    header = parse_request_header(body)
+    assert header.size is not None
+    assert read_produce_acks(body, version) == produce_acks(body, header.size, version) == acks
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["client id not ASCII", "tagged header fields", "long transactional id", "cut short"],
+)
+def test_acks_the_core_cannot_read_for_sure_are_left_to_the_full_parse(reason: str) -> None:
+    client_id = "café" if reason == "client id not ASCII" else "app"
+    transactional_id = "t" * 200 if reason == "long transactional id" else "tx"
+    data = bytearray(request_frame(_kio_produce(11, 0, transactional_id), 1, client_id))
+    if reason == "tagged header fields":
+        at = 4 + 10 + len(client_id)
+        data[at : at + 1] = b"\x01\x00\x00"  # one empty tagged field
+    body = memoryview(bytes(data))[4:]
+    if reason == "cut short":
+        body = body[:17]
+    assert read_produce_acks(body, 11) is None
+    policy = POLICIES["tracing off"]
+    for core in (pairing_core(policy, 1 << 16), PairingCorePython(policy, 1 << 16)):
+        items, held = core.from_client(frame(body))
+        assert held == 1 and items[0][:4] == (0, 0, 11, 1), "handed over to the owner"
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(min_size=0, max_size=40), max_size=8),
+    st.lists(st.binary(min_size=0, max_size=40), max_size=8),
+    st.sampled_from(list(POLICIES)),
+)
+def test_both_twins_agree_on_any_bytes(
+    requests: list[bytes], responses: list[bytes], policy: str
+) -> None:
+    results: list[list[Any]] = []
+    for core in _twins(POLICIES[policy], max_frame_size=64):
+        seen = []
+        for direction, reads in (("from_client", requests), ("from_server", responses)):
+            for data in reads:
+                result = _feed(core, direction, data)
+                seen.append(result)
+                if result[0] == "raised":
+                    break  # the connection closes
+        results.append([*seen, _stats(core)])
+    assert results[0] == results[1]
+
+
+@compiled
+def test_hostile_streams_never_crash_the_compiled_core() -> None:
+    rng = random.Random(7)
+    make: Callable[[], Any] = lambda: native.compiled.PairingCore(  # type: ignore[union-attr]  # noqa: E731
+        POLICIES["tracing on"], 1 << 12, ERRORS
+    )
+    for _ in range(3000):
+        core = make()
+        requests, responses = _conversation(rng, rng.randrange(1, 6))
+        damaged = bytearray(requests + responses)
+        for _ in range(rng.randrange(1, 6)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        for direction in ("from_client", "from_server"):
+            for data in _cut(bytes(damaged), rng, 4):
+                try:
+                    getattr(core, direction)(data)
+                except (ProtocolError, FrameTooLarge):
+                    break
+
+
+@compiled
+@pytest.mark.parametrize("version", [2, 14])
+def test_produce_requests_in_versions_the_core_cannot_read_are_handed_over(version: int) -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        items, held = core.from_client(_produce(version, 1, 0))
+        assert held == 1 and items[0][:4] == (0, 0, version, 1)
+
+
+@compiled
+def test_every_int16_acks_value_is_read() -> None:
+    for core in _twins(POLICIES["tracing off"]):
+        for acks in (-1000, -32768, 32767, 2):
+            assert core.from_client(_produce(11, acks + 40000, acks))[1] == 0
+
+
+@compiled
+def test_a_response_to_a_request_not_yet_sent_whole_is_refused_alike() -> None:
+    request = _produce(11, 9, 1)
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(request[:15])
+        core.from_server(_response(9))
+        with pytest.raises(ProtocolError, match="before its request was sent whole"):
+            core.from_client(request[15:])
+
+
+@compiled
+def test_the_compiled_core_takes_part_in_garbage_collection() -> None:
+    import gc
+    import weakref
+
+    class State:
+        core: Any = None
+
+    core = native.compiled.PairingCore(POLICIES["tracing on"], 1 << 16, ERRORS)  # type: ignore[union-attr]
+    ((seq, *_),), _ = core.from_client(_produce(9, 1, 1))
+    state = State()
+    state.core = core
+    core.attach(seq, state)
+    gone = weakref.ref(state)
+    del core, state
+    gc.collect()
+    assert gone() is None
+
+
+@compiled
+def test_an_uninitialised_compiled_core_refuses_to_work() -> None:
+    core = native.compiled.PairingCore.__new__(native.compiled.PairingCore)  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError, match="__init__"):
+        core.from_client(b"\x00\x00\x00\x04abcd")
+
+
+def _produce_response(endpoints: bool) -> Any:
+    return produce_response11.ProduceResponse(
+        responses=(),
+        throttle_time=datetime.timedelta(0),
+        node_endpoints=(
+            (produce_response11.NodeEndpoint(node_id=i32(5), host="10.0.0.5", port=i32(9092)),)
+            if endpoints
+            else ()
+        ),
+    )
+
+
+@compiled
+@pytest.mark.parametrize("endpoints", [False, True])
+@pytest.mark.parametrize("api", ["produce", "fetch"])
+def test_responses_are_walked_and_handed_over_only_with_node_endpoints(
+    api: str, endpoints: bool
+) -> None:
+    if api == "produce":
+        request = _produce(11, 3, 1)
+        response = response_frame(_produce_response(endpoints), 3)
+    else:
+        request = _request(1, 16, 3)
+        response = response_frame(fetch_response(16, endpoints=endpoints), 3)
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(request)
+        for cut in (len(response), 7, len(response) - 1):  # whole, or split over reads
+            items = core.from_server(response[:cut])[0]
+            items += core.from_server(response[cut:])[0] if cut < len(response) else []
+            held = [item for item in items if type(item) is tuple]
+            assert len(held) == endpoints, "handed over only to have its addresses rewritten"
+            assert b"".join(bytes(i[-1] if type(i) is tuple else i) for i in items) == response
+            core.from_client(request)
+
+
+@compiled
+@pytest.mark.parametrize("damage", range(40))
+def test_damaged_walked_responses_are_handed_over_alike(damage: int) -> None:
+    rng = random.Random(damage)
+    response = bytearray(response_frame(fetch_response(16, endpoints=bool(damage % 2)), 3))
+    for _ in range(1 + damage % 4):
+        response[rng.randrange(8, len(response))] = rng.randrange(256)
+    results = []
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(_request(1, 16, 3))
+        results.append(_feed(core, "from_server", bytes(response)))
+    assert results[0] == results[1]
