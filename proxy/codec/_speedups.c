@@ -9,6 +9,7 @@
  *   read_record                    proxy/codec/records.py        (one record's fields)
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
+ *   inject_roots                   proxy/tracing/roots.py        (contexts into a whole batch)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
  *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
@@ -773,40 +774,17 @@ int_from_big_endian(const unsigned char *bytes, Py_ssize_t n)
     return result;
 }
 
-PyDoc_STRVAR(root_traceparents_doc,
-"root_traceparents(random, threshold) -> tuple[list[bytes], list[tuple[int, int, int]]] | None\n\n"
-"One root traceparent header (wire form) per 24 random bytes, and (index, trace id, span id)\n"
-"of the sampled ones; None when an id would be all zeros (the caller draws again).");
-
-static PyObject *
-root_traceparents(PyObject *module, PyObject *args)
+/* One root traceparent header (wire form) per RANDOM_PER_ROOT random bytes into *headers, and
+ * (index, trace id, span id) of the sampled ones into *sampled (new lists). Returns 0, -1 with
+ * an exception set, or 1 when an id would be all zeros (nothing made: the caller draws again). */
+static int
+make_roots(const unsigned char *random, Py_ssize_t count, const unsigned char *threshold,
+           PyObject **headers_out, PyObject **sampled_out)
 {
-    Py_buffer random_view;
-    PyObject *threshold_arg;
-    if (!PyArg_ParseTuple(args, "y*O", &random_view, &threshold_arg)) {
-        return NULL;
-    }
-    const unsigned char *threshold = NULL;
-    if (threshold_arg != Py_None) {
-        if (!PyBytes_Check(threshold_arg) || PyBytes_GET_SIZE(threshold_arg) != 16) {
-            PyBuffer_Release(&random_view);
-            PyErr_SetString(PyExc_TypeError, "threshold must be 16 hex digits (bytes) or None");
-            return NULL;
-        }
-        threshold = (const unsigned char *)PyBytes_AS_STRING(threshold_arg);
-    }
-    if (random_view.len % RANDOM_PER_ROOT) {
-        PyBuffer_Release(&random_view);
-        PyErr_SetString(PyExc_ValueError, "random must hold 24 bytes per context");
-        return NULL;
-    }
-    Py_ssize_t count = random_view.len / RANDOM_PER_ROOT;
-    const unsigned char *random = random_view.buf;
     for (Py_ssize_t i = 0; i < count; i++) {
         const unsigned char *ids = random + i * RANDOM_PER_ROOT;
         if (all_zero(ids, 16) || all_zero(ids + 16, 8)) {
-            PyBuffer_Release(&random_view);
-            Py_RETURN_NONE;
+            return 1;
         }
     }
     PyObject *headers = PyList_New(count);
@@ -846,14 +824,235 @@ root_traceparents(PyObject *module, PyObject *args)
             Py_DECREF(entry);
         }
     }
-    PyBuffer_Release(&random_view);
-    return Py_BuildValue("(NN)", headers, sampled);
+    *headers_out = headers;
+    *sampled_out = sampled;
+    return 0;
 
 fail:
     Py_XDECREF(headers);
     Py_XDECREF(sampled);
+    return -1;
+}
+
+static int
+read_threshold(PyObject *threshold_arg, const unsigned char **threshold)
+{
+    *threshold = NULL;
+    if (threshold_arg == Py_None) {
+        return 0;
+    }
+    if (!PyBytes_Check(threshold_arg) || PyBytes_GET_SIZE(threshold_arg) != 16) {
+        PyErr_SetString(PyExc_TypeError, "threshold must be 16 hex digits (bytes) or None");
+        return -1;
+    }
+    *threshold = (const unsigned char *)PyBytes_AS_STRING(threshold_arg);
+    return 0;
+}
+
+PyDoc_STRVAR(root_traceparents_doc,
+"root_traceparents(random, threshold) -> tuple[list[bytes], list[tuple[int, int, int]]] | None\n\n"
+"One root traceparent header (wire form) per 24 random bytes, and (index, trace id, span id)\n"
+"of the sampled ones; None when an id would be all zeros (the caller draws again).");
+
+static PyObject *
+root_traceparents(PyObject *module, PyObject *args)
+{
+    Py_buffer random_view;
+    PyObject *threshold_arg;
+    const unsigned char *threshold;
+    if (!PyArg_ParseTuple(args, "y*O", &random_view, &threshold_arg)) {
+        return NULL;
+    }
+    if (read_threshold(threshold_arg, &threshold) < 0) {
+        PyBuffer_Release(&random_view);
+        return NULL;
+    }
+    if (random_view.len % RANDOM_PER_ROOT) {
+        PyBuffer_Release(&random_view);
+        PyErr_SetString(PyExc_ValueError, "random must hold 24 bytes per context");
+        return NULL;
+    }
+    PyObject *headers, *sampled;
+    int made = make_roots(random_view.buf, random_view.len / RANDOM_PER_ROOT, threshold,
+                          &headers, &sampled);
     PyBuffer_Release(&random_view);
-    return NULL;
+    if (made < 0) {
+        return NULL;
+    }
+    if (made > 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(NN)", headers, sampled);
+}
+
+/* Record batch layout (records.py). */
+#define LOG_OVERHEAD 12
+#define MAGIC_OFFSET 16
+#define CRC_OFFSET 17
+#define ATTRIBUTES_OFFSET 21
+#define RECORD_COUNT_OFFSET 57
+#define RECORDS_OFFSET 61
+#define MIN_RECORD_SIZE 7
+#define CODEC_MASK 0x07
+#define CONTROL_FLAG 0x20
+
+static uint32_t
+big_endian_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* crc(bytes) over memory that outlives the call, without copying it. */
+static PyObject *
+call_crc(PyObject *crc, const unsigned char *data, Py_ssize_t size)
+{
+    PyObject *view = PyMemoryView_FromMemory((char *)data, size, PyBUF_READ);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_CallOneArg(crc, view);
+    Py_DECREF(view);
+    return value;
+}
+
+PyDoc_STRVAR(inject_roots_doc,
+"inject_roots(records, draw, threshold, crc, max_batch_bytes)\n"
+"    -> tuple[bytes, int, list[tuple[int, int, int, int]]] | None\n\n"
+"The twin of proxy/tracing/roots.py's inject_roots_python: a partition's records that are one\n"
+"whole uncompressed batch of records without headers, with a new root traceparent added to\n"
+"each record and the batch re-signed; the record count; (index, trace id, span id, start of\n"
+"the record in the original records section) of the sampled ones. None: not that case.");
+
+static PyObject *
+inject_roots(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    PyObject *draw, *threshold_arg, *crc;
+    Py_ssize_t max_batch_bytes;
+    const unsigned char *threshold;
+    if (!PyArg_ParseTuple(args, "y*OOOn", &view, &draw, &threshold_arg, &crc,
+                          &max_batch_bytes)) {
+        return NULL;
+    }
+    PyObject *result = NULL, *drawn = NULL, *headers = NULL, *sampled = NULL, *wanted = NULL;
+    PyObject *starts = NULL, *body = NULL, *checked = NULL;
+    const unsigned char *batch = view.buf;
+    Py_ssize_t size = view.len;
+    if (read_threshold(threshold_arg, &threshold) < 0) {
+        goto done;
+    }
+    /* One whole v2 batch, uncompressed, not a control batch; else the general path. */
+    if (size < RECORDS_OFFSET || (Py_ssize_t)big_endian_u32(batch + 8) + LOG_OVERHEAD != size ||
+        batch[MAGIC_OFFSET] != 2 || (batch[ATTRIBUTES_OFFSET + 1] & CODEC_MASK) ||
+        (batch[ATTRIBUTES_OFFSET + 1] & CONTROL_FLAG)) {
+        goto not_applicable;
+    }
+    Py_ssize_t count = (int32_t)big_endian_u32(batch + RECORD_COUNT_OFFSET);
+    Py_ssize_t limit = size - RECORDS_OFFSET;
+    if (count <= 0 || count > limit / MIN_RECORD_SIZE ||
+        size + count * ROOT_HEADER_SIZE > max_batch_bytes) {
+        goto not_applicable;
+    }
+    /* A batch whose CRC is already wrong is the general path's to refuse. */
+    checked = call_crc(crc, batch + ATTRIBUTES_OFFSET, size - ATTRIBUTES_OFFSET);
+    if (checked == NULL) {
+        goto done;
+    }
+    if (PyLong_AsUnsignedLong(checked) != big_endian_u32(batch + CRC_OFFSET)) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        goto not_applicable;
+    }
+    drawn = PyObject_CallFunction(draw, "n", count * RANDOM_PER_ROOT);
+    if (drawn == NULL) {
+        goto done;
+    }
+    if (!PyBytes_Check(drawn) || PyBytes_GET_SIZE(drawn) != count * RANDOM_PER_ROOT) {
+        PyErr_SetString(PyExc_TypeError, "draw must return as many bytes as asked");
+        goto done;
+    }
+    int made = make_roots((const unsigned char *)PyBytes_AS_STRING(drawn), count, threshold,
+                          &headers, &sampled);
+    if (made < 0) {
+        goto done;
+    }
+    if (made > 0) {
+        goto not_applicable;
+    }
+    Py_ssize_t sampled_count = PyList_GET_SIZE(sampled);
+    wanted = PyList_New(sampled_count);
+    starts = PyList_New(0);
+    if (wanted == NULL || starts == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < sampled_count; i++) {
+        PyObject *index = PyTuple_GET_ITEM(PyList_GET_ITEM(sampled, i), 0);
+        Py_INCREF(index);
+        PyList_SET_ITEM(wanted, i, index);
+    }
+    body = splice(batch + RECORDS_OFFSET, limit, headers, wanted, starts);
+    if (body == NULL) {
+        goto done;
+    }
+    if (body == Py_None) {
+        goto not_applicable; /* a record has headers: the general path */
+    }
+    Py_ssize_t new_size = RECORDS_OFFSET + PyBytes_GET_SIZE(body);
+    if (new_size > max_batch_bytes || new_size - LOG_OVERHEAD > INT32_MAX) {
+        goto not_applicable;
+    }
+    PyObject *rebuilt = PyBytes_FromStringAndSize(NULL, new_size);
+    if (rebuilt == NULL) {
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(rebuilt);
+    memcpy(out, batch, RECORDS_OFFSET);
+    memcpy(out + RECORDS_OFFSET, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
+    uint32_t length = (uint32_t)(new_size - LOG_OVERHEAD);
+    out[8] = (unsigned char)(length >> 24);
+    out[9] = (unsigned char)(length >> 16);
+    out[10] = (unsigned char)(length >> 8);
+    out[11] = (unsigned char)length;
+    PyObject *signed_crc = call_crc(crc, out + ATTRIBUTES_OFFSET, new_size - ATTRIBUTES_OFFSET);
+    unsigned long crc_value = signed_crc != NULL ? PyLong_AsUnsignedLong(signed_crc) : 0;
+    Py_XDECREF(signed_crc);
+    if (signed_crc == NULL || PyErr_Occurred()) {
+        Py_DECREF(rebuilt);
+        goto done;
+    }
+    out[CRC_OFFSET] = (unsigned char)(crc_value >> 24);
+    out[CRC_OFFSET + 1] = (unsigned char)(crc_value >> 16);
+    out[CRC_OFFSET + 2] = (unsigned char)(crc_value >> 8);
+    out[CRC_OFFSET + 3] = (unsigned char)crc_value;
+    /* (index, trace id, span id, record start) of the sampled records. */
+    for (Py_ssize_t i = 0; i < sampled_count; i++) {
+        PyObject *entry = PyList_GET_ITEM(sampled, i);
+        PyObject *full = Py_BuildValue("(OOOO)", PyTuple_GET_ITEM(entry, 0),
+                                       PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
+                                       PyList_GET_ITEM(starts, i));
+        if (full == NULL) {
+            Py_DECREF(rebuilt);
+            goto done;
+        }
+        PyList_SetItem(sampled, i, full); /* steals full, releases entry */
+    }
+    result = Py_BuildValue("(NnO)", rebuilt, count, sampled);
+    goto done;
+
+not_applicable:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(checked);
+    Py_XDECREF(drawn);
+    Py_XDECREF(headers);
+    Py_XDECREF(sampled);
+    Py_XDECREF(wanted);
+    Py_XDECREF(starts);
+    Py_XDECREF(body);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -861,6 +1060,7 @@ static PyMethodDef speedups_methods[] = {
      sampled_traceparent_positions_doc},
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
     {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
+    {"inject_roots", inject_roots, METH_VARARGS, inject_roots_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},

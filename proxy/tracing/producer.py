@@ -4,15 +4,19 @@ For each record of a Produce request: a record that already carries a context (t
 instrumented) keeps its headers untouched and the proxy's span becomes a child of that context;
 any other record gets a new context written into its headers, sampled or not, so the consumer side
 honours the same decision. Only sampled records get span objects, built when the broker answers.
+A partition that is one uncompressed batch of records without headers, the usual case, takes a
+one-call fast path (`roots`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from functools import partial
 
+import crc32c
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanContext, SpanKind
@@ -21,6 +25,7 @@ from ..codec.records import BatchView, EncodedHeaders, RecordView
 from ..interceptors import BatchInjection, ConnectionContext, ProducePartition, ProduceResult
 from ..metrics import Metrics
 from .core import TracingCore
+from .roots import Injected, inject_roots
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
 from .traceparent import new_root_traceparents
 
@@ -64,8 +69,18 @@ class ProduceTracer:
         self, ctx: ConnectionContext, partition: ProducePartition
     ) -> PendingPartition | None:
         core = self._core
-        injection = _RequestInjection(core, self._root_threshold)
         start_ns = time.time_ns()
+        if core.propagation.tracecontext_only and partition.replaced_records is None:
+            injected = inject_roots(
+                partition.records,
+                random.randbytes,
+                self._root_threshold,
+                crc32c.crc32c,
+                partition.max_batch_bytes,
+            )
+            if injected is not None:
+                return self._roots_injected(partition, injected, start_ns)
+        injection = _RequestInjection(core, self._root_threshold)
         bulk = injection if core.propagation.tracecontext_only else None
         outcomes = partition.inject(injection, bulk)
         kept_sends = self._sends_that_went_out(outcomes, injection.sends)
@@ -87,6 +102,27 @@ class ProduceTracer:
             return None
         topic = partition.topic or str(partition.topic_id)
         return PendingPartition(topic, partition.partition, start_ns, kept_sends)
+
+    def _roots_injected(
+        self, partition: ProducePartition, injected: Injected, start_ns: int
+    ) -> PendingPartition | None:
+        """The fast path's outcome, as the general path would report it: every record got a
+        new root context; the sampled ones will have spans."""
+        rebuilt, count, sampled = injected
+        partition.replaced_records = rebuilt
+        if len(sampled) < count:
+            self._unsampled.inc(count - len(sampled))
+        if not sampled:
+            return None
+        self._sampled.inc(len(sampled))
+        batch = BatchView(partition.records)
+        records = batch.records_at(batch.body(), [start for *_, start in sampled])
+        sends = [
+            PendingSend(trace_id, span_id, None, record.offset, printable_key(record.key))
+            for (_, trace_id, span_id, _), record in zip(sampled, records, strict=True)
+        ]
+        topic = partition.topic or str(partition.topic_id)
+        return PendingPartition(topic, partition.partition, start_ns, sends)
 
     @staticmethod
     def _sends_that_went_out(

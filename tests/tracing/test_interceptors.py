@@ -426,9 +426,21 @@ def test_a_record_count_the_batch_cannot_hold_draws_no_contexts(
         return real(count, threshold)
 
     monkeypatch.setattr(producer_module, "new_root_traceparents", draw)
+    fast_path: list[object] = []
+    real_roots = producer_module.inject_roots
+
+    def roots(records: bytes, *args: object) -> object:
+        fast_path.append(made := real_roots(records, *args))
+        return made
+
+    monkeypatch.setattr(producer_module, "inject_roots", roots)
     with pytest.raises(RecordBatchError, match="fewer than"):
         produce(harness, bytes(lying), ok(0))
-    assert drawn == []
-    # An honest count still takes the bulk path.
-    produce(harness, build_batch([(None, b"x", [])] * 3, codec), ok(0))
-    assert drawn == [3]
+    assert drawn == [] and fast_path == [None]
+    # An honest count still takes a bulk path: the fast path for an uncompressed batch, the
+    # general bulk path for a compressed one (the builder leaves tiny batches uncompressed).
+    honest = build_batch([(None, b"x", [])] * 3, codec)
+    uncompressed = honest[22] & 0x07 == 0
+    produce(harness, honest, ok(0))
+    assert drawn == ([] if uncompressed else [3])
+    assert (fast_path[1] is not None) == uncompressed
