@@ -132,17 +132,20 @@ def hold_policy(interceptors: Interceptors) -> HoldPolicy:
         requests.update((key, decodable[key]) for key in GROUP_NAMING if key in decodable)
     responses = {key: decodable[key] for key in ADDRESS_BEARING if key in decodable}
     responses[ApiKey.API_VERSIONS] = ALL_VERSIONS
-    # Produce and Fetch responses carry node endpoints only from these versions on, in a
-    # top-level tagged field: the core forwards those without one itself, after a walk.
-    walked = {ApiKey.PRODUCE: PRODUCE_NODE_ENDPOINTS_FROM}
-    del responses[ApiKey.PRODUCE]
-    if not interceptors.fetch:  # else every Fetch response is handed over, for the records
-        walked[ApiKey.FETCH] = FETCH_NODE_ENDPOINTS_FROM
+    # Produce and Fetch responses carry node endpoints, in a top-level tagged field, from these
+    # versions on: the core forwards those without any itself, after a walk. Those the exchange
+    # takes anyway (for the interceptors) are walked too, so it can forward them at once.
+    endpoints_from = {
+        ApiKey.PRODUCE: PRODUCE_NODE_ENDPOINTS_FROM,
+        ApiKey.FETCH: FETCH_NODE_ENDPOINTS_FROM,
+    }
+    del responses[ApiKey.PRODUCE]  # only with attached state, or node endpoints
+    if not interceptors.fetch:
         del responses[ApiKey.FETCH]
     walks = {
-        (int(key), version): program(response_schema(key, version))
-        for key, first in walked.items()
-        for version in range(max(first, decodable[key][0]), decodable[key][1] + 1)
+        (int(key), version): (program(response_schema(key, version)), version >= first)
+        for key, first in endpoints_from.items()
+        for version in range(decodable[key][0], decodable[key][1] + 1)
     }
     return HoldPolicy(
         requests=range_map(requests),
@@ -331,11 +334,11 @@ class KafkaExchange:
         return outcome
 
     def _on_response(self, held: HeldResponse, outcome: Outcome) -> bytes | memoryview:
-        key, version, _, states, frame = held
+        key, version, _, states, frame, untagged = held
         body = memoryview(frame)[SIZE_PREFIX:]
         walked = False
         if key == ApiKey.PRODUCE or key == ApiKey.FETCH:
-            tags = response_top_level_tags(key, version, body)
+            tags = () if untagged else response_top_level_tags(key, version, body)
             if not tags:
                 # No node endpoints (the usual case): nothing to rewrite, so the response goes
                 # out as it came and is decoded for the interceptors only after it was sent.

@@ -78,7 +78,8 @@ typedef struct {
     int next_order;
     Py_ssize_t max_frame_size;
     PyObject *protocol_error, *too_large;
-    PyObject *walks; /* dict: (api key << 16 | version) -> the guard's program */
+    PyObject *walks; /* dict: (api key << 16 | version) -> (program, forward when clean) */
+    unsigned char walked_api[API_SLOTS]; /* API keys with any entry in walks */
 } PairingCore;
 
 /* -- helpers ------------------------------------------------------------------------------ */
@@ -317,29 +318,36 @@ classify_response(PairingCore *self, const unsigned char *peek, Py_ssize_t size)
     c->latency_sum += latency;
     c->response_bytes += (uint64_t)size + SIZE_PREFIX;
     int key = entry.api_key;
-    if (entry.state != NULL ||
-        (key >= 0 && key < API_SLOTS && self->hold_response_low[key] <= entry.api_version &&
-         entry.api_version <= self->hold_response_high[key])) {
-        PyObject *token = Py_BuildValue("(iiiOO)", key, (int)entry.api_version,
-                                        (int)entry.correlation_id,
-                                        entry.state != NULL ? entry.state : Py_None, Py_None);
-        Py_XDECREF(entry.state);
-        return token;
-    }
-    if (self->walks != NULL && PyDict_GET_SIZE(self->walks)) {
+    int in_api = key >= 0 && key < API_SLOTS;
+    int handed_over = entry.state != NULL ||
+        (in_api && self->hold_response_low[key] <= entry.api_version &&
+         entry.api_version <= self->hold_response_high[key]);
+    PyObject *program = Py_None;
+    int forwarding = 0;
+    if (in_api && self->walked_api[key]) {
         PyObject *walk_key = PyLong_FromLong(((long)key << 16) | (entry.api_version & 0xFFFF));
         if (walk_key == NULL) {
+            Py_XDECREF(entry.state);
             return NULL;
         }
-        PyObject *program = PyDict_GetItemWithError(self->walks, walk_key); /* borrowed */
+        PyObject *walk = PyDict_GetItemWithError(self->walks, walk_key); /* borrowed */
         Py_DECREF(walk_key);
-        if (program != NULL) { /* held for its walk */
-            return Py_BuildValue("(iiiOO)", key, (int)entry.api_version,
-                                 (int)entry.correlation_id, Py_None, program);
+        if (walk != NULL) {
+            program = PyTuple_GET_ITEM(walk, 0);
+            forwarding = PyTuple_GET_ITEM(walk, 1) == Py_True;
         }
-        if (PyErr_Occurred()) {
+        else if (PyErr_Occurred()) {
+            Py_XDECREF(entry.state);
             return NULL;
         }
+    }
+    if (handed_over || (program != Py_None && forwarding)) {
+        PyObject *token = Py_BuildValue("(iiiOOO)", key, (int)entry.api_version,
+                                        (int)entry.correlation_id,
+                                        entry.state != NULL ? entry.state : Py_None, program,
+                                        handed_over ? Py_True : Py_False);
+        Py_XDECREF(entry.state);
+        return token;
     }
     Py_RETURN_NONE;
 }
@@ -417,17 +425,26 @@ append_new(PyObject *list, PyObject *item)
     return result;
 }
 
-/* Whether a flexible response frame walks to its end without tagged fields of its own; the
- * Python twin's _untagged. */
+/* Whether a response frame walks to its end without tagged fields of its own; the Python
+ * twin's _untagged. A flexible response (its program's first item) has a header of v1. */
 static int
 response_untagged(PyObject *program, const unsigned char *frame, Py_ssize_t size)
 {
     const unsigned char *body = frame + SIZE_PREFIX;
     Py_ssize_t length = size - SIZE_PREFIX;
-    if (length < 5 || body[4] != 0) {
+    Py_ssize_t offset = 4;
+    int flexible = PyObject_IsTrue(PyTuple_GET_ITEM(program, 0));
+    if (flexible < 0) {
+        PyErr_Clear();
         return 0;
     }
-    return schema_walk_untagged(program, body, length, 5);
+    if (flexible) {
+        if (length < 5 || body[4] != 0) {
+            return 0;
+        }
+        offset = 5;
+    }
+    return schema_walk_untagged(program, body, length, offset);
 }
 
 /* A whole held frame goes out: forwarded after its acks were read or its walk, or handed to
@@ -469,6 +486,7 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
     }
     else {
         PyObject *program = PyTuple_GET_ITEM(token, 4);
+        PyObject *verdict = Py_None; /* not walked */
         if (program != Py_None) {
             Py_buffer b;
             if (PyObject_GetBuffer(frame, &b, PyBUF_SIMPLE) < 0) {
@@ -477,12 +495,14 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
             }
             int untagged = response_untagged(program, (const unsigned char *)b.buf, b.len);
             PyBuffer_Release(&b);
-            if (untagged) {
+            if (untagged && PyTuple_GET_ITEM(token, 5) == Py_False) {
                 return append_new(feed->out, frame);
             }
+            verdict = untagged ? Py_True : Py_False;
         }
-        item = Py_BuildValue("(OOOON)", PyTuple_GET_ITEM(token, 0), PyTuple_GET_ITEM(token, 1),
-                             PyTuple_GET_ITEM(token, 2), PyTuple_GET_ITEM(token, 3), frame);
+        item = Py_BuildValue("(OOOONO)", PyTuple_GET_ITEM(token, 0), PyTuple_GET_ITEM(token, 1),
+                             PyTuple_GET_ITEM(token, 2), PyTuple_GET_ITEM(token, 3), frame,
+                             verdict);
     }
     if (item == NULL) {
         return -1;
@@ -781,22 +801,29 @@ core_init(PairingCore *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     PyObject *table = PyDict_New();
+    memset(self->walked_api, 0, sizeof(self->walked_api));
     PyObject *walk_key, *walk_program;
     Py_ssize_t walk_at = 0;
     while (table != NULL && PyDict_Next(walks, &walk_at, &walk_key, &walk_program)) {
         int api_key, api_version;
         PyObject *code = NULL;
-        if (!PyTuple_Check(walk_program) ||
+        if (!PyTuple_Check(walk_program) || PyTuple_GET_SIZE(walk_program) != 2 ||
+            !PyTuple_Check(PyTuple_GET_ITEM(walk_program, 0)) ||
+            PyTuple_GET_SIZE(PyTuple_GET_ITEM(walk_program, 0)) != 3 ||
             !PyArg_ParseTuple(walk_key, "ii", &api_key, &api_version) ||
+            api_key < 0 || api_key >= API_SLOTS ||
             (code = PyLong_FromLong(((long)api_key << 16) | (api_version & 0xFFFF))) == NULL ||
             PyDict_SetItem(table, code, walk_program) < 0) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_TypeError, "policy.response_walks: programs are tuples");
+                PyErr_SetString(PyExc_TypeError,
+                                "policy.response_walks: (api key 0..255, version) -> "
+                                "(program, forward when clean)");
             }
             Py_XDECREF(code);
             Py_CLEAR(table);
             break;
         }
+        self->walked_api[api_key] = 1;
         Py_DECREF(code);
     }
     Py_DECREF(walks);

@@ -50,11 +50,14 @@ class HoldPolicy:
     requests: dict[int, VersionRange] = field(default_factory=dict)
     #: API key -> versions of responses to hand over (whatever their request's state).
     responses: dict[int, VersionRange] = field(default_factory=dict)
-    #: (API key, version) -> the guard's program for responses (flexible ones) that are
-    #: forwarded once a walk shows they carry no tagged fields of their own (KIP-951 node
-    #: endpoints, the broker addresses of Produce and Fetch responses); the others are handed
-    #: over. Responses whose request has attached state are always handed over.
-    response_walks: dict[tuple[int, int], Program] = field(default_factory=dict)
+    #: (API key, version) -> (the guard's program for the response, whether a response that
+    #: walks to its end with no tagged fields of its own is forwarded here). Such tagged fields
+    #: are where Produce and Fetch responses carry broker addresses (KIP-951 node endpoints).
+    #: A response with a program is walked before it goes on: one the owner takes anyway
+    #: (attached state, or named in `responses`) is handed over with the walk's verdict, so the
+    #: owner can forward it at once; with forwarding on, any other is forwarded when clean and
+    #: handed over when not.
+    response_walks: dict[tuple[int, int], tuple[Program, bool]] = field(default_factory=dict)
     #: Produce versions whose acks this module reads when the owner does not take the request.
     produce_acks: VersionRange = (0, -1)
     #: API keys Kafka defines; the others are counted together under OTHER_API.
@@ -67,8 +70,9 @@ class HoldPolicy:
 #: it in `attach` and `forget`. A plain tuple: forwarded pieces are never tuples.
 HeldRequest = tuple[int, int, int, int, "bytes | memoryview"]
 #: A response the owner asked to see: (api key, version, correlation id, attached state or None,
-#: frame).
-HeldResponse = tuple[int, int, int, Any, "bytes | memoryview"]
+#: frame, the walk's verdict: True when it has no tagged fields of its own, False when it has or
+#: the walk could not tell, None when it was not walked).
+HeldResponse = tuple[int, int, int, Any, "bytes | memoryview", "bool | None"]
 
 #: Per API (or OTHER_API) since the last `take_stats`: requests, request bytes, response bytes,
 #: latency count per bucket (+Inf last), latency sum in seconds.
@@ -219,11 +223,12 @@ class PairingCorePython:
             if type(piece) is Forward:
                 out.append(piece.data)
                 continue
-            key, version, correlation_id, state, program = piece.token
-            if program is not None and _untagged(program, piece.frame):
+            key, version, correlation_id, state, program, handed_over = piece.token
+            untagged = None if program is None else _untagged(program, piece.frame)
+            if untagged and not handed_over:
                 out.append(piece.frame)
                 continue
-            out.append((key, version, correlation_id, state, piece.frame))
+            out.append((key, version, correlation_id, state, piece.frame, untagged))
             held += 1
         return out, held
 
@@ -250,25 +255,27 @@ class PairingCorePython:
         counts.response_bytes += size + 4
         key, version = entry.api_key, entry.api_version
         versions = self._hold_responses.get(key)
-        if entry.state is not None or (
+        handed_over = entry.state is not None or (
             versions is not None and versions[0] <= version <= versions[1]
-        ):
-            return (key, version, entry.correlation_id, entry.state, None)
-        program = self._walks.get((key, version))
-        if program is not None:
-            return (key, version, entry.correlation_id, None, program)  # held for its walk
+        )
+        program, forwarding = self._walks.get((key, version), (None, False))
+        if handed_over or (program is not None and forwarding):
+            return (key, version, entry.correlation_id, entry.state, program, handed_over)
         return None
 
 
 def _untagged(program: Program, frame: bytes | memoryview) -> bool:
-    """Whether a flexible response walks to its end without tagged fields of its own; anything
-    unusual (tagged header fields, a walk that fails or stops short) says no, and the owner's
-    own walk and decode judge it."""
+    """Whether a response walks to its end without tagged fields of its own; anything unusual
+    (tagged header fields, a walk that fails or stops short) says no, and the owner's own walk
+    and decode judge it. A flexible response (as its program says) has a header of v1."""
     body = memoryview(frame)[4:]
-    if len(body) < 5 or body[4] != 0:
-        return False
+    offset = 4
+    if program[0]:
+        if len(body) < 5 or body[4] != 0:
+            return False
+        offset = 5
     try:
-        walked = walk(program, body, 5)
+        walked = walk(program, body, offset)
     except ProtocolError:
         return False
     return walked is not None and walked[0] == len(body) and not walked[1]

@@ -9,6 +9,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 import pytest
@@ -40,6 +41,8 @@ from ..proxy.messages import fetch_response, request_frame, response_frame
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
 ERRORS = (ProtocolError, FrameTooLarge)
 METADATA, API_VERSIONS, UNKNOWN = 3, 18, 200
+#: Where the frame is in a held request or response.
+FRAME = 4
 
 
 class _Tracer:
@@ -86,7 +89,7 @@ def _response(correlation_id: int, body: bytes = b"\x00\x00") -> bytes:
 def _normal(items: list[Any]) -> list[Any]:
     """Pieces as bytes, held items with their frame as bytes: what the owner can observe."""
     return [
-        tuple(bytes(x) if i == len(item) - 1 else x for i, x in enumerate(item))
+        tuple(bytes(x) if i == FRAME else x for i, x in enumerate(item))
         if type(item) is tuple
         else bytes(item)
         for item in items
@@ -107,7 +110,7 @@ def _feed(core: Any, direction: str, data: bytes | bytearray) -> Any:
 
 def _owner_reads_acks(core: Any, held: tuple[Any, ...]) -> None:
     """What the exchange does with a Produce request handed over to it."""
-    body = memoryview(held[-1])[4:]
+    body = memoryview(held[FRAME])[4:]
     header = parse_request_header(body)
     readable = header.size is not None and 3 <= held[2] <= 13
     if readable and produce_acks(body, header.size, held[2]) == 0:
@@ -163,7 +166,7 @@ def test_both_twins_cut_pair_and_count_a_conversation_alike(policy: str, seed: i
     assert seen == _replay(py_core, request_reads, response_reads)
     assert seen[-1] == 0, "every request that expects a response got it"
     forwarded = b"".join(
-        item[-1] if type(item) is tuple else item
+        item[FRAME] if type(item) is tuple else item
         for result in seen[: len(request_reads)]
         for item in result[0]
     )
@@ -179,7 +182,7 @@ def test_both_twins_take_mutable_buffers_alike_and_keep_copies_of_them(policy: s
         items, _ = core.from_client(first)
         first[:] = b"\xff" * 20  # the owner reuses its buffer
         items += core.from_client(bytearray(stream[20:]))[0]
-        assert b"".join(bytes(i[-1] if type(i) is tuple else i) for i in items) == stream
+        assert b"".join(bytes(i[FRAME] if type(i) is tuple else i) for i in items) == stream
 
 
 @compiled
@@ -463,7 +466,7 @@ def test_responses_are_walked_and_handed_over_only_with_node_endpoints(
             items += core.from_server(response[cut:])[0] if cut < len(response) else []
             held = [item for item in items if type(item) is tuple]
             assert len(held) == endpoints, "handed over only to have its addresses rewritten"
-            assert b"".join(bytes(i[-1] if type(i) is tuple else i) for i in items) == response
+            assert b"".join(bytes(i[FRAME] if type(i) is tuple else i) for i in items) == response
             core.from_client(request)
 
 
@@ -479,3 +482,36 @@ def test_damaged_walked_responses_are_handed_over_alike(damage: int) -> None:
         core.from_client(_request(1, 16, 3))
         results.append(_feed(core, "from_server", bytes(response)))
     assert results[0] == results[1]
+
+
+@compiled
+@pytest.mark.parametrize(
+    ("version", "endpoints", "verdict"), [(16, False, True), (16, True, False)]
+)
+def test_responses_the_owner_takes_come_with_the_walks_verdict(
+    version: int, endpoints: bool, verdict: bool
+) -> None:
+    response = response_frame(fetch_response(version, endpoints=endpoints), 3)
+    for core in _twins(POLICIES["tracing on"]):
+        core.from_client(_request(1, version, 3))
+        ((*_, frame, walked),), held = core.from_server(response)
+        assert held == 1 and bytes(frame) == response
+        assert walked is verdict, "clean: the owner forwards it without walking it again"
+    for core in _twins(POLICIES["tracing off"]):
+        core.from_client(_request(1, version, 3))
+        _, held = core.from_server(response)
+        assert held == endpoints, "tracing off: only node endpoints are handed over"
+
+
+@compiled
+@pytest.mark.parametrize("version", [8, 9, 11])
+def test_produce_responses_with_state_come_walked_whatever_their_header(version: int) -> None:
+    module = import_module(f"kio.schema.produce.v{version}.response")
+    response = response_frame(
+        module.ProduceResponse(responses=(), throttle_time=datetime.timedelta(0)), 3
+    )
+    for core in _twins(POLICIES["tracing on"]):
+        ((seq, *_),), _ = core.from_client(_produce(version, 3, 1))
+        core.attach(seq, "state")
+        ((*_, state, frame, walked),), _ = core.from_server(response)
+        assert (state, bytes(frame), walked) == ("state", response, True)
