@@ -203,7 +203,9 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             self._fail(exc, "client")
             return
-        self._to_server += self._deliver(server, outcome)
+        self._to_server += self._send(server, outcome)
+        for action in outcome.after_send:
+            action()
         if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
 
@@ -217,7 +219,9 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             self._fail(exc, "broker")
             return
-        self._to_client += self._deliver(client, outcome)
+        self._to_client += self._send(client, outcome)
+        for action in outcome.after_send:
+            action()
         if self._client_reading.paused and exchange.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
 
@@ -237,20 +241,17 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     @staticmethod
-    def _deliver(transport: asyncio.Transport, outcome: Outcome) -> int:
-        """Send what the exchange passed on, run what waits for that; the bytes sent."""
+    def _send(transport: asyncio.Transport, outcome: Outcome) -> int:
+        """Send what the exchange passed on; the bytes sent (counted before the actions that
+        wait for the send run, so an action that fails cannot lose them)."""
         pieces = outcome.send
         if len(pieces) == 1:
             piece = pieces[0]
             transport.write(piece)
-            sent = len(piece)
-        else:
-            # One vectored send for a frame in several pieces (uvloop), not one per piece.
-            transport.writelines(pieces)
-            sent = sum(map(len, pieces))
-        for action in outcome.after_send:
-            action()
-        return sent
+            return len(piece)
+        # One vectored send for a frame in several pieces (uvloop), not one per piece.
+        transport.writelines(pieces)
+        return sum(map(len, pieces))
 
     def flush_metrics(self) -> None:
         """Add the bytes moved since the last flush to the registry's counters."""

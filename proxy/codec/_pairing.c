@@ -334,7 +334,11 @@ classify_response(PairingCore *self, const unsigned char *peek, Py_ssize_t size)
         Py_DECREF(walk_key);
         if (walk != NULL) {
             program = PyTuple_GET_ITEM(walk, 0);
-            forwarding = PyTuple_GET_ITEM(walk, 1) == Py_True;
+            forwarding = PyObject_IsTrue(PyTuple_GET_ITEM(walk, 1));
+            if (forwarding < 0) {
+                Py_XDECREF(entry.state);
+                return NULL;
+            }
         }
         else if (PyErr_Occurred()) {
             Py_XDECREF(entry.state);

@@ -275,12 +275,16 @@ walk_entity(PyObject *program, const Input *in, Py_ssize_t pos, PyObject *tags)
     long flexible = item_long(program, 0);
     if (flexible == -1 || steps == NULL || tagged == NULL || !PyTuple_Check(steps))
         return bad_program();
+    /* Programs nest as deep as kio's schemas; a made-up one must not exhaust the C stack. */
+    if (Py_EnterRecursiveCall(" in the schema walk"))
+        return FAILED;
     Py_ssize_t count = PyTuple_GET_SIZE(steps);
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = 0; i < count && pos >= 0; i++) {
         pos = walk_step(PyTuple_GET_ITEM(steps, i), in, pos);
-        if (pos < 0)
-            return pos;
     }
+    Py_LeaveRecursiveCall();
+    if (pos < 0)
+        return pos;
     return flexible ? walk_tags(tagged, in, pos, tags) : pos;
 }
 

@@ -38,6 +38,8 @@ PRODUCE_FLEXIBLE_FROM = 9
 PRODUCE_TRANSACTIONAL_ID_FROM = 3
 #: Where API keys Kafka does not define are counted (the owner labels it "other").
 OTHER_API = -1
+#: A policy names API keys below this (the compiled twin keeps a table of them).
+API_SLOTS = 256
 
 VersionRange = tuple[int, int]
 
@@ -112,6 +114,7 @@ class PairingCorePython:
         max_frame_size: int,
         errors: tuple[type[Exception], type[Exception]] = (ProtocolError, FrameTooLarge),
     ) -> None:
+        _check_api_keys(policy)
         self._policy = policy
         self._hold_requests = dict(policy.requests)
         self._hold_responses = dict(policy.responses)
@@ -262,6 +265,14 @@ class PairingCorePython:
         if handed_over or (program is not None and forwarding):
             return (key, version, entry.correlation_id, entry.state, program, handed_over)
         return None
+
+
+def _check_api_keys(policy: HoldPolicy) -> None:
+    """API keys the policy names must fit the compiled twin's tables (Kafka's are below 100)."""
+    keys = [*policy.requests, *policy.responses, *(key for key, _ in policy.response_walks)]
+    for key in (*keys, *policy.known_api_keys):
+        if not 0 <= key < API_SLOTS:
+            raise ValueError(f"api key {key} is outside 0..{API_SLOTS - 1}")
 
 
 def _untagged(program: Program, frame: bytes | memoryview) -> bool:

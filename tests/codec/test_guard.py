@@ -211,3 +211,12 @@ def test_the_compiled_walk_refuses_a_malformed_program_without_crashing() -> Non
     for program in ((1, 2, 3), (0, ((9, 1),), ()), (0, ((0,),), ()), ("x", (), ())):
         with pytest.raises(SystemError):
             native.compiled.walk_schema(program, b"\x00\x00\x00\x02\x01\x01", 0)
+
+
+def test_the_compiled_walk_stops_at_a_program_nested_deeper_than_the_stack_allows() -> None:
+    assert native.compiled is not None
+    program: tuple[object, ...] = (0, (), ())
+    for _ in range(300_000):
+        program = (0, ((3, program),), ())
+    with pytest.raises(RecursionError):
+        native.compiled.walk_schema(program, b"\x00" * 16, 0)
