@@ -55,11 +55,18 @@ class PathSpec:
     #: The source tree the proxy runs from (None: this one); another commit's checkout makes
     #: an A/B within one interleaved run.
     source: Path | None = None
+    #: Part of the matrix when no --only is given (a diagnostic path is run on request).
+    default: bool = True
 
     def from_tree(self, tree: Path) -> PathSpec:
         """The same path with the proxy run from `tree`, named `<name>-base`."""
         return PathSpec(
-            f"{self.name}-base", self.kind, self.env, f"{self.description} [from {tree}]", tree
+            f"{self.name}-base",
+            self.kind,
+            self.env,
+            f"{self.description} [from {tree}]",
+            tree,
+            self.default,
         )
 
     @property
@@ -82,6 +89,18 @@ PATHS: dict[str, PathSpec] = {
             "proxy",
             {"KTP_TRACING_ENABLED": "false"},
             "client -> proxy (tracing off) -> broker",
+        ),
+        PathSpec(
+            "proxy-0pct",
+            "proxy",
+            {
+                "KTP_TRACING_ENABLED": "true",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0",
+            },
+            "client -> proxy (tracing, nothing sampled: propagation alone) -> broker "
+            "[diagnostic: --only]",
+            default=False,
         ),
         PathSpec(
             "proxy-1pct",

@@ -105,7 +105,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def select_paths(only: str | None, baseline: Path | None = None) -> dict[str, PathSpec]:
     """The paths to run by name, in canonical order, direct first; with a baseline tree each
     proxy path is followed by the same path run from that tree."""
-    wanted = [p.strip() for p in (only or ",".join(PATHS)).split(",") if p.strip()]
+    defaults = ",".join(name for name, spec in PATHS.items() if spec.default)
+    wanted = [p.strip() for p in (only or defaults).split(",") if p.strip()]
     unknown = [p for p in wanted if p not in PATHS]
     if unknown:
         raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")

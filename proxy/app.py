@@ -10,6 +10,7 @@ from .admin import AdminServer
 from .brokers import BrokerDirectory, PortMapping, TopicNames
 from .config import Settings
 from .discovery import UpstreamStatus, keep_discovering
+from .exchange import hold_policy
 from .groups import GroupDirectory
 from .interceptors import Interceptors
 from .listeners import Listeners
@@ -58,6 +59,8 @@ class Proxy:
             upstream_ssl=upstream_context(settings),
             listen_ssl=listener_context(settings),
         )
+        # Built now rather than when the first client connects (it imports kio's schemas).
+        hold_policy(self.runtime.interceptors)
         self.listeners = Listeners(self.runtime)
         brokers.set_observer(self.listeners.ensure_broker)
         self.upstream = UpstreamStatus()

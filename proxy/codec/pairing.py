@@ -44,7 +44,7 @@ API_SLOTS = 256
 VersionRange = tuple[int, int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class HoldPolicy:
     """Which frames the owner wants to see whole; everything else is forwarded as it came."""
 

@@ -515,3 +515,8 @@ def test_produce_responses_with_state_come_walked_whatever_their_header(version:
         core.attach(seq, "state")
         ((*_, state, frame, walked),), _ = core.from_server(response)
         assert (state, bytes(frame), walked) == ("state", response, True)
+
+
+def test_connections_with_the_same_kind_of_interceptors_share_one_policy() -> None:
+    assert hold_policy(Interceptors()) is hold_policy(Interceptors())
+    assert hold_policy(Interceptors([_Tracer()])) is not hold_policy(Interceptors())
