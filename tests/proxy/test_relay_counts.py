@@ -1,0 +1,111 @@
+"""The relay's byte and request counts: kept off the hot path, yet exact whenever they are read."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
+from proxy.config import HostPort, load_settings
+from proxy.groups import GroupDirectory
+from proxy.interceptors import Interceptors
+from proxy.metrics import Metrics
+from proxy.relay import ClientConnection, Runtime, ServerConnection
+
+from .messages import request_frame, response_frame
+from .test_exchange import MetadataRequest, _metadata_response
+
+
+class _Transport:
+    """Records what the relay writes; never pushes back."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, pieces: Any) -> None:
+        for piece in pieces:
+            self.written += piece
+
+    def set_write_buffer_limits(self, high: int | None = None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555)
+
+    def close(self) -> None: ...
+
+
+def _connection(metrics: Metrics) -> tuple[ClientConnection, ServerConnection, _Transport]:
+    """A relayed connection wired to fake transports (its dial to the broker never runs)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_connected(metrics))
+    finally:
+        loop.close()
+
+
+async def _connected(metrics: Metrics) -> tuple[ClientConnection, ServerConnection, _Transport]:
+    settings = load_settings({"KTP_UPSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
+    runtime = Runtime(
+        settings,
+        BrokerDirectory("127.0.0.1", PortMapping(20000, {})),
+        TopicNames(),
+        GroupDirectory(),
+        Interceptors(),
+        metrics,
+        set(),
+    )
+    client = ClientConnection(runtime, 1, lambda: [])
+    client_side = _Transport()
+    client.connection_made(client_side)  # type: ignore[arg-type]
+    assert client._connect_task is not None
+    client._connect_task.cancel()  # attached by hand below
+    await asyncio.sleep(0)
+    client._attach_server(_Transport(), HostPort("127.0.0.1", 9092))  # type: ignore[arg-type]
+    return client, ServerConnection(client), client_side
+
+
+def _bytes(metrics: Metrics, direction: str) -> float:
+    return metrics.value("bytes", direction=direction)
+
+
+def test_counts_are_exact_when_read_during_and_after_a_connection() -> None:
+    metrics = Metrics()
+    client, server, client_side = _connection(metrics)
+    request = MetadataRequest(
+        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+    )
+    sent = request_frame(request, 1)
+    client.data_received(sent)
+    assert _bytes(metrics, "client_to_proxy") == len(sent)
+    assert _bytes(metrics, "proxy_to_server") == len(sent)
+    assert metrics.value("requests", api_key=3) == 1
+    answer = response_frame(_metadata_response(), 1)
+    server.data_received(answer)
+    assert _bytes(metrics, "server_to_proxy") == len(answer)
+    assert _bytes(metrics, "proxy_to_client") == len(client_side.written)  # addresses rewritten
+    client.data_received(sent[:14])  # a request still arriving when the connection closes
+    client.close()
+    assert _bytes(metrics, "client_to_proxy") == len(sent) + 14
+    assert metrics.value("requests", api_key=3) == 2
+    assert metrics.value("response_bytes", api_key=3) == len(answer)
+    counts = {dict(labels)["api_key"]: n for _, labels, _, _, n in metrics.histograms()}
+    assert counts == {"3": 1}, "one latency observed: the answered request"
+
+
+def test_a_closed_connection_is_no_longer_asked_for_counts() -> None:
+    metrics = Metrics()
+    client, _, _ = _connection(metrics)
+    assert len(metrics._sources) == 2  # the connection and its exchange
+    client.close()
+    assert len(metrics._sources) == 0
+    del client
+    gc.collect()
+    assert metrics.value("bytes", direction="client_to_proxy") == 0
