@@ -44,7 +44,7 @@ from .codec.messages import (
     replace_payload,
     response_top_level_tags,
 )
-from .codec.pairing import OTHER_API, HeldRequest, HeldResponse, HoldPolicy, pairing_core, range_map
+from .codec.pairing import OTHER_API, HeldRequest, HeldResponse, HoldPolicy, pairing_core
 from .codec.produce import (
     iter_response_partitions,
     locate_request_partitions,
@@ -134,14 +134,11 @@ def hold_policy(interceptors: Interceptors) -> HoldPolicy:
 
 @cache
 def _hold_policy(produce: bool, fetch: bool, want_group_ids: bool) -> HoldPolicy:
-    decodable = range_map(DECODABLE)
     requests: dict[int, tuple[int, int]] = {ApiKey.API_VERSIONS: ALL_VERSIONS}
     if produce:
         requests[ApiKey.PRODUCE] = ALL_VERSIONS
     if want_group_ids:
-        requests.update((key, decodable[key]) for key in GROUP_NAMING if key in decodable)
-    responses = {key: decodable[key] for key in ADDRESS_BEARING if key in decodable}
-    responses[ApiKey.API_VERSIONS] = ALL_VERSIONS
+        requests.update((key, DECODABLE[key]) for key in GROUP_NAMING if key in DECODABLE)
     # Produce and Fetch responses carry node endpoints, in a top-level tagged field, from these
     # versions on: the core forwards those without any itself, after a walk. Those the exchange
     # takes anyway (for the interceptors) are walked too, so it can forward them at once.
@@ -149,20 +146,22 @@ def _hold_policy(produce: bool, fetch: bool, want_group_ids: bool) -> HoldPolicy
         ApiKey.PRODUCE: PRODUCE_NODE_ENDPOINTS_FROM,
         ApiKey.FETCH: FETCH_NODE_ENDPOINTS_FROM,
     }
-    del responses[ApiKey.PRODUCE]  # only with attached state, or node endpoints
-    if not fetch:
-        del responses[ApiKey.FETCH]
+    # Produce responses only with attached state or node endpoints; Fetch responses all of
+    # them when an interceptor reads them.
+    handed_over = ADDRESS_BEARING - {ApiKey.PRODUCE} - (set() if fetch else {ApiKey.FETCH})
+    responses = {key: DECODABLE[key] for key in handed_over if key in DECODABLE}
+    responses[ApiKey.API_VERSIONS] = ALL_VERSIONS
     walks = {
-        (int(key), version): (program(response_schema(key, version)), version >= first)
+        (key, version): (program(response_schema(key, version)), version >= first)
         for key, first in endpoints_from.items()
-        for version in range(decodable[key][0], decodable[key][1] + 1)
+        for version in range(DECODABLE[key][0], DECODABLE[key][1] + 1)
     }
     return HoldPolicy(
-        requests=range_map(requests),
-        responses=range_map(responses),
+        requests=requests,
+        responses=responses,
         response_walks=walks,
-        produce_acks=decodable[ApiKey.PRODUCE],
-        known_api_keys=frozenset(int(key) for key in KNOWN_API_KEYS),
+        produce_acks=DECODABLE[ApiKey.PRODUCE],
+        known_api_keys=KNOWN_API_KEYS,
         latency_buckets=LATENCY_BUCKETS,
     )
 

@@ -181,29 +181,25 @@ past_the_batch(void)
     return NULL;
 }
 
-/* The body of splice_one_header_each, with every buffer already acquired. Returns the new body
- * (a bytes object), Py_None (new reference) when a record has headers or trailing bytes, or NULL
- * with an exception set. starts receives the positions of the wanted records. */
+/* The body of splice_one_header_each, with every buffer already acquired: record i of `body`
+ * gets the header added[i] (added_size[i] bytes). Returns the new body (a bytes object) after
+ * `reserve` bytes left for the caller to fill, Py_None (new reference) when a record has
+ * headers or trailing bytes, or NULL with an exception set. starts receives the positions of
+ * the wanted records (`wanted`: a list or tuple of ascending ints). */
 static PyObject *
-splice(const unsigned char *body, Py_ssize_t limit, PyObject *encoded, PyObject *wanted,
-       PyObject *starts)
+splice(const unsigned char *body, Py_ssize_t limit, Py_ssize_t count, const char *const *added,
+       const Py_ssize_t *added_size, PyObject *wanted, PyObject *starts, Py_ssize_t reserve)
 {
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(encoded);
-    PyObject **added = PySequence_Fast_ITEMS(encoded);
     Py_ssize_t wanted_count = PySequence_Fast_GET_SIZE(wanted);
     PyObject **wanted_items = PySequence_Fast_ITEMS(wanted);
 
-    Py_ssize_t extra = 0;
+    Py_ssize_t extra = reserve;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!PyBytes_Check(added[i])) {
-            PyErr_SetString(PyExc_TypeError, "encoded headers must be bytes");
-            return NULL;
-        }
         /* Room for the header and a longer length varint (10 bytes at most). */
-        if (PyBytes_GET_SIZE(added[i]) > PY_SSIZE_T_MAX - 10 - extra) {
+        if (added_size[i] > PY_SSIZE_T_MAX - 10 - extra) {
             return PyErr_NoMemory();
         }
-        extra += PyBytes_GET_SIZE(added[i]) + 10;
+        extra += added_size[i] + 10;
     }
     if (limit > PY_SSIZE_T_MAX - extra) {
         return PyErr_NoMemory();
@@ -212,7 +208,7 @@ splice(const unsigned char *body, Py_ssize_t limit, PyObject *encoded, PyObject 
     if (result == NULL) {
         return NULL;
     }
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result) + reserve;
     Py_ssize_t written = 0;
 
     Py_ssize_t next_wanted_index = 0;
@@ -302,20 +298,19 @@ splice(const unsigned char *body, Py_ssize_t limit, PyObject *encoded, PyObject 
             Py_DECREF(result);
             Py_RETURN_NONE; /* the record has headers (or trailing bytes): the general path */
         }
-        Py_ssize_t added_size = PyBytes_GET_SIZE(added[index]);
-        written += write_varint(out + written, length + added_size);
+        written += write_varint(out + written, length + added_size[index]);
         memcpy(out + written, body + start, (size_t)(field - start));
         written += field - start;
         out[written++] = 0x02; /* header count 1, zig-zag */
-        memcpy(out + written, PyBytes_AS_STRING(added[index]), (size_t)added_size);
-        written += added_size;
+        memcpy(out + written, added[index], (size_t)added_size[index]);
+        written += added_size[index];
         pos = end;
     }
     if (pos != limit) {
         PyErr_Format(PyExc_ValueError, "%zd bytes left after %zd records", limit - pos, count);
         goto fail;
     }
-    if (_PyBytes_Resize(&result, written) < 0) {
+    if (_PyBytes_Resize(&result, reserve + written) < 0) {
         return NULL;
     }
     return result;
@@ -351,7 +346,28 @@ splice_one_header_each(PyObject *module, PyObject *args)
     PyObject *encoded = PySequence_Fast(encoded_arg, "encoded must be a sequence");
     PyObject *wanted = encoded ? PySequence_Fast(wanted_arg, "wanted must be a sequence") : NULL;
     if (encoded != NULL && wanted != NULL) {
-        result = splice(view.buf, view.len, encoded, wanted, starts);
+        Py_ssize_t count = PySequence_Fast_GET_SIZE(encoded);
+        PyObject **items = PySequence_Fast_ITEMS(encoded);
+        const char **added = PyMem_Malloc(sizeof(char *) * (size_t)(count ? count : 1));
+        Py_ssize_t *sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(count ? count : 1));
+        if (added == NULL || sizes == NULL) {
+            PyErr_NoMemory();
+        }
+        else {
+            Py_ssize_t i = 0;
+            for (; i < count && PyBytes_Check(items[i]); i++) {
+                added[i] = PyBytes_AS_STRING(items[i]);
+                sizes[i] = PyBytes_GET_SIZE(items[i]);
+            }
+            if (i < count) {
+                PyErr_SetString(PyExc_TypeError, "encoded headers must be bytes");
+            }
+            else {
+                result = splice(view.buf, view.len, count, added, sizes, wanted, starts, 0);
+            }
+        }
+        PyMem_Free(added);
+        PyMem_Free(sizes);
     }
     Py_XDECREF(wanted);
     Py_XDECREF(encoded);
@@ -363,7 +379,7 @@ splice_one_header_each(PyObject *module, PyObject *args)
 #define ROOT_HEADER_SIZE (WIRE_PREFIX_SIZE + 55)
 #define RANDOM_PER_ROOT 24 /* 16 bytes of trace id, 8 of span id */
 
-/* --- skim_batches: the fetch skim's walk over a partition's batches ------------------------ */
+/* --- record batch layout (records.py), for skim_batches and inject_roots ------------------ */
 
 #define LOG_OVERHEAD 12
 #define MAGIC_OFFSET 16
@@ -374,6 +390,8 @@ splice_one_header_each(PyObject *module, PyObject *args)
 #define MIN_LEGACY_MESSAGE_SIZE 14
 #define CODEC_MASK 0x07
 #define CONTROL_FLAG 0x20
+#define CRC_OFFSET 17
+#define MIN_RECORD_SIZE 7
 
 static uint64_t
 read_be(const unsigned char *p, int n)
@@ -774,12 +792,9 @@ int_from_big_endian(const unsigned char *bytes, Py_ssize_t n)
     return result;
 }
 
-/* One root traceparent header (wire form) per RANDOM_PER_ROOT random bytes into *headers, and
- * (index, trace id, span id) of the sampled ones into *sampled (new lists). Returns 0, -1 with
- * an exception set, or 1 when an id would be all zeros (nothing made: the caller draws again). */
+/* Whether any id in `count` contexts' random bytes is all zeros (invalid: drawn again). */
 static int
-make_roots(const unsigned char *random, Py_ssize_t count, const unsigned char *threshold,
-           PyObject **headers_out, PyObject **sampled_out)
+any_zero_id(const unsigned char *random, Py_ssize_t count)
 {
     for (Py_ssize_t i = 0; i < count; i++) {
         const unsigned char *ids = random + i * RANDOM_PER_ROOT;
@@ -787,51 +802,40 @@ make_roots(const unsigned char *random, Py_ssize_t count, const unsigned char *t
             return 1;
         }
     }
-    PyObject *headers = PyList_New(count);
-    PyObject *sampled = PyList_New(0);
-    if (headers == NULL || sampled == NULL) {
-        goto fail;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const unsigned char *ids = random + i * RANDOM_PER_ROOT;
-        PyObject *header = PyBytes_FromStringAndSize(NULL, ROOT_HEADER_SIZE);
-        if (header == NULL) {
-            goto fail;
-        }
-        PyList_SET_ITEM(headers, i, header);
-        char *out = PyBytes_AS_STRING(header);
-        memcpy(out, WIRE_PREFIX, WIRE_PREFIX_SIZE);
-        char *trace_hex = out + WIRE_PREFIX_SIZE + 3;
-        memcpy(out + WIRE_PREFIX_SIZE, "00-", 3);
-        write_hex(trace_hex, ids, 16);
-        trace_hex[32] = '-';
-        write_hex(trace_hex + 33, ids + 16, 8);
-        int is_sampled = threshold == NULL
-            || memcmp(trace_hex + 16, threshold, 16) < 0; /* the low 16 hex digits */
-        memcpy(trace_hex + 49, is_sampled ? "-01" : "-00", 3);
-        if (is_sampled) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            PyObject *trace_id = index ? int_from_big_endian(ids, 16) : NULL;
-            PyObject *span_id = trace_id ? int_from_big_endian(ids + 16, 8) : NULL;
-            PyObject *entry = span_id ? PyTuple_Pack(3, index, trace_id, span_id) : NULL;
-            Py_XDECREF(index);
-            Py_XDECREF(trace_id);
-            Py_XDECREF(span_id);
-            if (entry == NULL || PyList_Append(sampled, entry) < 0) {
-                Py_XDECREF(entry);
-                goto fail;
-            }
-            Py_DECREF(entry);
-        }
-    }
-    *headers_out = headers;
-    *sampled_out = sampled;
     return 0;
+}
 
-fail:
-    Py_XDECREF(headers);
-    Py_XDECREF(sampled);
-    return -1;
+/* One root traceparent header in wire form (ROOT_HEADER_SIZE bytes) from RANDOM_PER_ROOT
+ * random bytes; whether it is sampled (the low 16 hex digits of the trace id below
+ * `threshold`, or no threshold). */
+static int
+format_root(char *out, const unsigned char *ids, const unsigned char *threshold)
+{
+    memcpy(out, WIRE_PREFIX, WIRE_PREFIX_SIZE);
+    char *trace_hex = out + WIRE_PREFIX_SIZE + 3;
+    memcpy(out + WIRE_PREFIX_SIZE, "00-", 3);
+    write_hex(trace_hex, ids, 16);
+    trace_hex[32] = '-';
+    write_hex(trace_hex + 33, ids + 16, 8);
+    int is_sampled = threshold == NULL || memcmp(trace_hex + 16, threshold, 16) < 0;
+    memcpy(trace_hex + 49, is_sampled ? "-01" : "-00", 3);
+    return is_sampled;
+}
+
+/* Appends (index, trace id, span id) to `sampled`; 0, or -1 with an exception set. */
+static int
+append_sampled(PyObject *sampled, Py_ssize_t i, const unsigned char *ids)
+{
+    PyObject *index = PyLong_FromSsize_t(i);
+    PyObject *trace_id = index ? int_from_big_endian(ids, 16) : NULL;
+    PyObject *span_id = trace_id ? int_from_big_endian(ids + 16, 8) : NULL;
+    PyObject *entry = span_id ? PyTuple_Pack(3, index, trace_id, span_id) : NULL;
+    Py_XDECREF(index);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(span_id);
+    int result = entry == NULL ? -1 : PyList_Append(sampled, entry);
+    Py_XDECREF(entry);
+    return result;
 }
 
 static int
@@ -872,34 +876,34 @@ root_traceparents(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "random must hold 24 bytes per context");
         return NULL;
     }
-    PyObject *headers, *sampled;
-    int made = make_roots(random_view.buf, random_view.len / RANDOM_PER_ROOT, threshold,
-                          &headers, &sampled);
-    PyBuffer_Release(&random_view);
-    if (made < 0) {
-        return NULL;
-    }
-    if (made > 0) {
+    const unsigned char *random = random_view.buf;
+    Py_ssize_t count = random_view.len / RANDOM_PER_ROOT;
+    if (any_zero_id(random, count)) {
+        PyBuffer_Release(&random_view);
         Py_RETURN_NONE;
     }
+    PyObject *headers = PyList_New(count);
+    PyObject *sampled = PyList_New(0);
+    for (Py_ssize_t i = 0; headers != NULL && sampled != NULL && i < count; i++) {
+        const unsigned char *ids = random + i * RANDOM_PER_ROOT;
+        PyObject *header = PyBytes_FromStringAndSize(NULL, ROOT_HEADER_SIZE);
+        if (header == NULL) {
+            Py_CLEAR(headers);
+            break;
+        }
+        PyList_SET_ITEM(headers, i, header);
+        if (format_root(PyBytes_AS_STRING(header), ids, threshold) &&
+            append_sampled(sampled, i, ids) < 0) {
+            Py_CLEAR(sampled);
+        }
+    }
+    PyBuffer_Release(&random_view);
+    if (headers == NULL || sampled == NULL) {
+        Py_XDECREF(headers);
+        Py_XDECREF(sampled);
+        return NULL;
+    }
     return Py_BuildValue("(NN)", headers, sampled);
-}
-
-/* Record batch layout (records.py). */
-#define LOG_OVERHEAD 12
-#define MAGIC_OFFSET 16
-#define CRC_OFFSET 17
-#define ATTRIBUTES_OFFSET 21
-#define RECORD_COUNT_OFFSET 57
-#define RECORDS_OFFSET 61
-#define MIN_RECORD_SIZE 7
-#define CODEC_MASK 0x07
-#define CONTROL_FLAG 0x20
-
-static uint32_t
-big_endian_u32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
 /* crc(bytes) over memory that outlives the call, without copying it. */
@@ -934,20 +938,23 @@ inject_roots(PyObject *module, PyObject *args)
                           &max_batch_bytes)) {
         return NULL;
     }
-    PyObject *result = NULL, *drawn = NULL, *headers = NULL, *sampled = NULL, *wanted = NULL;
-    PyObject *starts = NULL, *body = NULL, *checked = NULL;
+    PyObject *result = NULL, *drawn = NULL, *sampled = NULL, *wanted = NULL, *starts = NULL;
+    PyObject *rebuilt = NULL, *checked = NULL;
+    char *roots = NULL;
+    const char **added = NULL;
+    Py_ssize_t *sizes = NULL;
     const unsigned char *batch = view.buf;
     Py_ssize_t size = view.len;
     if (read_threshold(threshold_arg, &threshold) < 0) {
         goto done;
     }
     /* One whole v2 batch, uncompressed, not a control batch; else the general path. */
-    if (size < RECORDS_OFFSET || (Py_ssize_t)big_endian_u32(batch + 8) + LOG_OVERHEAD != size ||
+    if (size < RECORDS_OFFSET || (Py_ssize_t)read_be(batch + 8, 4) + LOG_OVERHEAD != size ||
         batch[MAGIC_OFFSET] != 2 || (batch[ATTRIBUTES_OFFSET + 1] & CODEC_MASK) ||
         (batch[ATTRIBUTES_OFFSET + 1] & CONTROL_FLAG)) {
         goto not_applicable;
     }
-    Py_ssize_t count = (int32_t)big_endian_u32(batch + RECORD_COUNT_OFFSET);
+    Py_ssize_t count = (int32_t)read_be(batch + RECORD_COUNT_OFFSET, 4);
     Py_ssize_t limit = size - RECORDS_OFFSET;
     if (count <= 0 || count > limit / MIN_RECORD_SIZE ||
         size + count * ROOT_HEADER_SIZE > max_batch_bytes) {
@@ -958,7 +965,7 @@ inject_roots(PyObject *module, PyObject *args)
     if (checked == NULL) {
         goto done;
     }
-    if (PyLong_AsUnsignedLong(checked) != big_endian_u32(batch + CRC_OFFSET)) {
+    if (PyLong_AsUnsignedLong(checked) != read_be(batch + CRC_OFFSET, 4)) {
         if (PyErr_Occurred()) {
             goto done;
         }
@@ -972,43 +979,54 @@ inject_roots(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "draw must return as many bytes as asked");
         goto done;
     }
-    int made = make_roots((const unsigned char *)PyBytes_AS_STRING(drawn), count, threshold,
-                          &headers, &sampled);
-    if (made < 0) {
+    const unsigned char *random = (const unsigned char *)PyBytes_AS_STRING(drawn);
+    if (any_zero_id(random, count)) {
+        goto not_applicable; /* the general path draws again */
+    }
+    /* Every record's header written once, into one buffer the splice reads from. */
+    roots = PyMem_Malloc((size_t)(count * ROOT_HEADER_SIZE));
+    added = PyMem_Malloc(sizeof(char *) * (size_t)count);
+    sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)count);
+    sampled = PyList_New(0);
+    wanted = PyList_New(0);
+    starts = PyList_New(0);
+    if (roots == NULL || added == NULL || sizes == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
-    if (made > 0) {
-        goto not_applicable;
+    if (sampled == NULL || wanted == NULL || starts == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *ids = random + i * RANDOM_PER_ROOT;
+        added[i] = roots + i * ROOT_HEADER_SIZE;
+        sizes[i] = ROOT_HEADER_SIZE;
+        if (format_root(roots + i * ROOT_HEADER_SIZE, ids, threshold)) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            int failed = index == NULL || PyList_Append(wanted, index) < 0 ||
+                         append_sampled(sampled, i, ids) < 0;
+            Py_XDECREF(index);
+            if (failed) {
+                goto done;
+            }
+        }
     }
     Py_ssize_t sampled_count = PyList_GET_SIZE(sampled);
-    wanted = PyList_New(sampled_count);
-    starts = PyList_New(0);
-    if (wanted == NULL || starts == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < sampled_count; i++) {
-        PyObject *index = PyTuple_GET_ITEM(PyList_GET_ITEM(sampled, i), 0);
-        Py_INCREF(index);
-        PyList_SET_ITEM(wanted, i, index);
-    }
-    body = splice(batch + RECORDS_OFFSET, limit, headers, wanted, starts);
-    if (body == NULL) {
-        goto done;
-    }
-    if (body == Py_None) {
-        goto not_applicable; /* a record has headers: the general path */
-    }
-    Py_ssize_t new_size = RECORDS_OFFSET + PyBytes_GET_SIZE(body);
-    if (new_size > max_batch_bytes || new_size - LOG_OVERHEAD > INT32_MAX) {
-        goto not_applicable;
-    }
-    PyObject *rebuilt = PyBytes_FromStringAndSize(NULL, new_size);
+    /* The new batch: the spliced records after room for the batch header, one copy. */
+    rebuilt = splice(batch + RECORDS_OFFSET, limit, count, added, sizes, wanted, starts,
+                     RECORDS_OFFSET);
     if (rebuilt == NULL) {
         goto done;
     }
+    if (rebuilt == Py_None) {
+        goto not_applicable; /* a record has headers: the general path */
+    }
+    Py_ssize_t new_size = PyBytes_GET_SIZE(rebuilt);
+    if (new_size > max_batch_bytes || new_size - LOG_OVERHEAD > INT32_MAX) {
+        goto not_applicable;
+    }
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(rebuilt);
     memcpy(out, batch, RECORDS_OFFSET);
-    memcpy(out + RECORDS_OFFSET, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
     uint32_t length = (uint32_t)(new_size - LOG_OVERHEAD);
     out[8] = (unsigned char)(length >> 24);
     out[9] = (unsigned char)(length >> 16);
@@ -1018,7 +1036,6 @@ inject_roots(PyObject *module, PyObject *args)
     unsigned long crc_value = signed_crc != NULL ? PyLong_AsUnsignedLong(signed_crc) : 0;
     Py_XDECREF(signed_crc);
     if (signed_crc == NULL || PyErr_Occurred()) {
-        Py_DECREF(rebuilt);
         goto done;
     }
     out[CRC_OFFSET] = (unsigned char)(crc_value >> 24);
@@ -1032,12 +1049,11 @@ inject_roots(PyObject *module, PyObject *args)
                                        PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
                                        PyList_GET_ITEM(starts, i));
         if (full == NULL) {
-            Py_DECREF(rebuilt);
             goto done;
         }
         PyList_SetItem(sampled, i, full); /* steals full, releases entry */
     }
-    result = Py_BuildValue("(NnO)", rebuilt, count, sampled);
+    result = Py_BuildValue("(OnO)", rebuilt, count, sampled);
     goto done;
 
 not_applicable:
@@ -1046,11 +1062,13 @@ not_applicable:
 done:
     Py_XDECREF(checked);
     Py_XDECREF(drawn);
-    Py_XDECREF(headers);
     Py_XDECREF(sampled);
     Py_XDECREF(wanted);
     Py_XDECREF(starts);
-    Py_XDECREF(body);
+    Py_XDECREF(rebuilt);
+    PyMem_Free(roots);
+    PyMem_Free(added);
+    PyMem_Free(sizes);
     PyBuffer_Release(&view);
     return result;
 }

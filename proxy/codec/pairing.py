@@ -21,7 +21,6 @@ import bisect
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from .errors import FrameTooLarge, ProtocolError
 from .framing import Forward, FrameScanner
 from .guard import Program, walk
 from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id, peek_request
+from .produce import produce_acks
 
 PRODUCE = 0
 #: Produce requests use header v2 (flexible) from this version on.
@@ -78,7 +78,7 @@ HeldResponse = tuple[int, int, int, Any, "bytes | memoryview", "bool | None"]
 
 #: Per API (or OTHER_API) since the last `take_stats`: requests, request bytes, response bytes,
 #: latency count per bucket (+Inf last), latency sum in seconds.
-ApiStats = tuple[int, int, int, int, list[int], float]
+ApiStats = tuple[int, int, int, list[int], float]
 
 
 class _Pending:
@@ -161,7 +161,7 @@ class PairingCorePython:
             for key, c in self._counts.items()
         ]
         self._counts = {}
-        return taken  # type: ignore[return-value]
+        return taken
 
     def _count(self, api_key: int) -> _Counts:
         slot = api_key if api_key in self._policy.known_api_keys else OTHER_API
@@ -311,26 +311,14 @@ def read_produce_acks(body: memoryview, api_version: int) -> int | None:
         if offset >= len(body) or body[offset] != 0:
             return None  # tagged header fields: left to the full parse
         offset += 1
-    if api_version >= PRODUCE_TRANSACTIONAL_ID_FROM:
-        if api_version >= PRODUCE_FLEXIBLE_FROM:
-            if offset >= len(body) or body[offset] & 0x80:
-                return None  # a transactional id of 127 bytes or more: left to the full parse
-            offset += 1 + max(body[offset] - 1, 0)
-        else:
-            if offset + 2 > len(body):
-                return None
-            length = _INT16.unpack_from(body, offset)[0]
-            offset += 2 + max(length, 0)
-    if offset + 2 > len(body):
-        return None
-    return int(_INT16.unpack_from(body, offset)[0])
-
-
-def _compiled_core(
-    policy: HoldPolicy, max_frame_size: int, errors: tuple[type[Exception], type[Exception]]
-) -> Any:
-    assert native.compiled is not None
-    return native.compiled.PairingCore(policy, max_frame_size, errors)
+        if offset < len(body) and body[offset] & 0x80:
+            return None  # a transactional id of 127 bytes or more: left to the full parse
+    if api_version < PRODUCE_TRANSACTIONAL_ID_FROM:  # acks come first
+        return int(_INT16.unpack_from(body, offset)[0]) if offset + 2 <= len(body) else None
+    try:
+        return produce_acks(body, offset, api_version)  # after the transactional id
+    except ProtocolError:
+        return None  # cut short
 
 
 def pairing_core(
@@ -339,11 +327,6 @@ def pairing_core(
     errors: tuple[type[Exception], type[Exception]] = (ProtocolError, FrameTooLarge),
 ) -> Any:
     """The compiled `PairingCore` when the extension is built, else the Python twin."""
-    if native.compiled is not None and hasattr(native.compiled, "PairingCore"):
-        return _compiled_core(policy, max_frame_size, errors)
+    if native.compiled is not None:
+        return native.compiled.PairingCore(policy, max_frame_size, errors)
     return PairingCorePython(policy, max_frame_size, errors)
-
-
-def range_map(ranges: Mapping[int, VersionRange]) -> dict[int, VersionRange]:
-    """A copy with plain int keys (IntEnum keys would not match in the compiled twin)."""
-    return {int(key): (int(low), int(high)) for key, (low, high) in ranges.items()}
