@@ -14,8 +14,14 @@ setup(
                 "proxy/codec/_speedups.c",
                 "proxy/codec/_schema_walk.c",
                 "proxy/codec/_pairing.c",
+                "proxy/codec/_request_roots.c",
             ],
-            depends=["proxy/codec/_schema_walk.h", "proxy/codec/_pairing.h"],
+            depends=[
+                "proxy/codec/_schema_walk.h",
+                "proxy/codec/_pairing.h",
+                "proxy/codec/_roots.h",
+                "proxy/codec/_request_roots.h",
+            ],
             optional=True,
         )
     ]

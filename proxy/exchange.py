@@ -12,6 +12,9 @@ Rules this module enforces:
 - The per-frame part of that (framing, pairing, counting, and reading the acks of Produce
   requests no interceptor wants) is the pairing core's (`codec.pairing`, compiled when built);
   this module sees only the frames `hold_policy` names.
+- When the only produce interceptor has a request lane (tracing's root contexts), the core runs
+  Produce requests through it: a rebuilt request with nothing sampled goes out without reaching
+  this module, which sees the others with what the lane made of them.
 - A held frame nobody changed is forwarded as the original bytes too; only a frame with rewritten
   addresses, narrowed versions or injected headers is re-encoded.
 - Interceptor hooks on responses run after the response was handed on (`Outcome.after_send`), so
@@ -36,7 +39,7 @@ from .codec.errors import ProtocolError
 from .codec.fetch import FetchedRecords, iter_fetched_partitions, locate_fetched_partitions
 from .codec.framing import SIZE_PREFIX
 from .codec.framing import frame as frame_of
-from .codec.guard import program
+from .codec.guard import captured_uuid, program
 from .codec.headers import parse_request_header
 from .codec.messages import (
     decode_request,
@@ -56,9 +59,11 @@ from .interceptors import (
     ConnectionContext,
     FetchedPartition,
     Interceptors,
+    LaneResult,
     ProduceInterceptor,
     ProducePartition,
     ProduceResult,
+    RequestLaneInterceptor,
 )
 from .metrics import LATENCY_BUCKETS, BoundCounter, BoundHistogram, Metrics
 
@@ -193,8 +198,22 @@ class KafkaExchange:
         #: entry, labelled "other", so made-up keys grow neither this table nor the series.
         self._meters: dict[int, ApiMeters] = {}
         self._core = pairing_core(hold_policy(interceptors), max_frame_size)
+        self._lane_owner = self._set_produce_lane(interceptors.lane, max_batch_bytes)
         self._holding_group_requests = interceptors.want_group_ids
         metrics.add_source(self)
+
+    def _set_produce_lane(
+        self, owner: RequestLaneInterceptor | None, max_batch_bytes: int
+    ) -> RequestLaneInterceptor | None:
+        """Give the core the produce interceptor's request lane, if it offers one."""
+        if owner is None:
+            return None
+        versions = DECODABLE[ApiKey.PRODUCE]
+        lane = owner.request_lane(max_batch_bytes, versions)
+        if lane is None:
+            return None
+        self._core.set_produce_lane(lane, versions)
+        return owner
 
     @property
     def in_flight(self) -> int:
@@ -220,6 +239,12 @@ class KafkaExchange:
             if response_bytes:
                 meters.response_bytes.inc(response_bytes)
             meters.latency.merge(latency, total)
+        if self._lane_owner is not None:
+            rewritten, records = self._core.take_lane_counts()
+            if rewritten:
+                self._rewritten_requests.inc(rewritten)
+            if records:
+                self._lane_owner.on_lane_records(records)
 
     def close(self) -> None:
         """The connection ended: its last counts go to the metrics."""
@@ -241,7 +266,7 @@ class KafkaExchange:
         return outcome
 
     def _on_request(self, held: HeldRequest, outcome: Outcome) -> None:
-        seq, api_key, api_version, _, frame = held
+        seq, api_key, api_version, _, frame, lane = held
         body = memoryview(frame)[SIZE_PREFIX:]
         header = parse_request_header(body)
         if header.client_id is not None:
@@ -249,6 +274,11 @@ class KafkaExchange:
         if header.size is None or not _decodable(api_key, api_version):
             # A version kio cannot parse: forward it and let the broker judge it.
             outcome.send.append(frame)
+            return
+        if api_key == ApiKey.PRODUCE and lane is not None:
+            outcome.send.append(
+                self._on_lane_request(seq, api_version, frame, body, header.size, lane, outcome)
+            )
             return
         if api_key == ApiKey.PRODUCE:
             outcome.send.append(
@@ -318,15 +348,70 @@ class KafkaExchange:
                 replacements[(located.topic_index, located.partition_index)] = (
                     partition.replaced_records
                 )
-        if states:
-            if acks == 0:
-                outcome.after_send.append(lambda: self._finish_produce(states, None))
-            else:
-                self._core.attach(seq, states)
+        self._keep_states(seq, acks, states, outcome)
         if not replacements:
             return frame
         self._rewritten_requests.inc()
         return splice_located(body, layout, api_version, replacements)
+
+    def _keep_states(
+        self, seq: int, acks: int, states: list[ProduceState], outcome: Outcome
+    ) -> None:
+        """The interceptors' states of a Produce request, for its response (none with acks=0:
+        they learn the outcome is unknown once the request was sent)."""
+        if not states:
+            return
+        if acks == 0:
+            outcome.after_send.append(lambda: self._finish_produce(states, None))
+        else:
+            self._core.attach(seq, states)
+
+    def _on_lane_request(
+        self,
+        seq: int,
+        api_version: int,
+        frame: bytes | memoryview,
+        body: memoryview,
+        header_size: int,
+        lane: LaneResult,
+        outcome: Outcome,
+    ) -> bytes | memoryview:
+        """A Produce request the lane rebuilt, with sampled records: their partitions' states
+        come from the lane's owner, as `on_produce_request` would make them."""
+        owner = self._lane_owner
+        assert owner is not None
+        acks = produce_acks(body, header_size, api_version)
+        if acks == 0:
+            self._core.forget(seq)
+        sent, records, transactional_id, sampled = lane
+        if records:
+            owner.on_lane_records(records)
+        view = memoryview(frame)
+        states: list[ProduceState] = []
+        for topic, partition_index, start, end, injected in sampled:
+            topic_id = captured_uuid(topic) if type(topic) is bytes else None
+            name = topic if type(topic) is str else None
+            partition = ProducePartition(
+                topic=name or self._topics.name(topic_id),
+                topic_id=topic_id,
+                partition=partition_index,
+                acks=acks,
+                transactional_id=transactional_id,
+                records=view[start:end],
+                max_batch_bytes=self._max_batch_bytes,
+            )
+            try:
+                state = owner.on_lane_partition(self.context, partition, injected)
+            except Exception:
+                self._metrics.inc("interceptor_errors", hook="on_produce_request")
+                log.exception("interceptor failed on a produce request's sampled records")
+                continue
+            if state is not None:
+                states.append((owner, (topic_id or name, partition_index), state))
+        self._keep_states(seq, acks, states, outcome)
+        if sent is not frame:
+            self._rewritten_requests.inc()
+        return sent
 
     # -- broker -> client ------------------------------------------------------------------
 

@@ -223,6 +223,39 @@ class ProduceInterceptor(Protocol):
         request was written upstream (no response will come)."""
 
 
+#: What a request lane made of a Produce request: (the frame to send, the records it passed on
+#: with nothing more to do, the transactional id, and for each partition with more to do (topic
+#: name, or raw topic id from v13 on, partition, start and end of its original records in the
+#: frame, the lane's own result for it)).
+LaneResult = tuple[
+    bytes | memoryview, int, str | None, list[tuple[str | bytes, int, int, int, Any]]
+]
+
+
+@runtime_checkable
+class RequestLaneInterceptor(ProduceInterceptor, Protocol):
+    """A produce interceptor whose work on a plain Produce request can be done whole, in one
+    compiled call, before any Python runs for the request (tracing's root contexts). The
+    framework uses the lane when this is the only produce interceptor; requests the lane
+    declines still go to `on_produce_request`."""
+
+    def request_lane(
+        self, max_batch_bytes: int, versions: tuple[int, int]
+    ) -> Callable[[bytes | memoryview, int], LaneResult | None] | None:
+        """The lane for Produce requests of `versions`, (frame, version) -> result or None
+        (see `tracing.roots.inject_request_roots`); None: no lane in this configuration."""
+
+    def on_lane_partition(
+        self, ctx: ConnectionContext, partition: ProducePartition, injected: Any
+    ) -> Any:
+        """The lane rebuilt a partition that has sampled records (`injected` is what it made
+        of them): the state for `on_produce_response`, as `on_produce_request` returns it."""
+
+    def on_lane_records(self, count: int) -> None:
+        """`count` records went out through the lane with nothing more to do (counted in bulk,
+        when the metrics are read)."""
+
+
 @runtime_checkable
 class FetchInterceptor(Protocol):
     def on_fetch_response(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
@@ -240,3 +273,9 @@ class Interceptors:
             i for i in interceptors if isinstance(i, FetchInterceptor)
         ]
         self.want_group_ids = bool(self.produce or self.fetch)
+        #: The produce interceptor whose lane the framework runs: the only one, if it has one.
+        self.lane: RequestLaneInterceptor | None = (
+            self.produce[0]
+            if len(self.produce) == 1 and isinstance(self.produce[0], RequestLaneInterceptor)
+            else None
+        )

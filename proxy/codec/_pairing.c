@@ -80,7 +80,13 @@ typedef struct {
     PyObject *protocol_error, *too_large;
     PyObject *walks; /* dict: (api key << 16 | version) -> (program, forward when clean) */
     unsigned char walked_api[API_SLOTS]; /* API keys with any entry in walks */
+    PyObject *lane;          /* the Produce request lane, or NULL */
+    int lane_low, lane_high; /* the Produce versions it takes */
+    unsigned long long lane_rewritten, lane_records; /* since the last take_lane_counts */
 } PairingCore;
+
+/* How a request frame is taken once whole (the second item of its token). */
+enum { TAKE_HOLD, TAKE_ACKS, TAKE_LANE };
 
 /* -- helpers ------------------------------------------------------------------------------ */
 
@@ -267,18 +273,26 @@ classify_request(PairingCore *self, const unsigned char *peek, Py_ssize_t size)
     }
     c->requests += 1;
     c->request_bytes += (uint64_t)size + SIZE_PREFIX;
-    int for_acks;
-    if (api_key >= 0 && api_key < API_SLOTS && self->hold_request_low[api_key] <= api_version &&
-        api_version <= self->hold_request_high[api_key]) {
-        for_acks = 0;
+    int take;
+    if (api_key == PRODUCE_KEY && self->lane != NULL && self->lane_low <= api_version &&
+        api_version <= self->lane_high) {
+        take = TAKE_LANE;
+    }
+    else if (api_key >= 0 && api_key < API_SLOTS && self->hold_request_low[api_key] <= api_version &&
+             api_version <= self->hold_request_high[api_key]) {
+        take = TAKE_HOLD;
+    }
+    else if (api_key == PRODUCE_KEY && self->acks_low <= api_version &&
+             api_version <= self->acks_high) {
+        take = TAKE_ACKS;
     }
     else if (api_key == PRODUCE_KEY) {
-        for_acks = self->acks_low <= api_version && api_version <= self->acks_high;
+        take = TAKE_HOLD; /* a version this module cannot read for sure */
     }
     else {
         Py_RETURN_NONE;
     }
-    return Py_BuildValue("(LO)", seq, for_acks ? Py_True : Py_False);
+    return Py_BuildValue("(Li)", seq, take);
 }
 
 static PyObject *
@@ -451,6 +465,47 @@ response_untagged(PyObject *program, const unsigned char *frame, Py_ssize_t size
     return schema_walk_untagged(program, body, length, offset);
 }
 
+/* A Produce request through the lane (its acks read): 1 when it goes out as the lane rebuilt it,
+ * with *sent the frame to send; 0 when it is handed to the owner, with *sent the lane's result
+ * (a new reference) or None; -1 on an error. */
+static int
+take_by_lane(PairingCore *self, Pending *p, int acks, PyObject *frame, PyObject **sent)
+{
+    PyObject *result = PyObject_CallFunction(self->lane, "Oi", frame, (int)p->api_version);
+    if (result == NULL) {
+        return -1;
+    }
+    if (result == Py_None) {
+        *sent = result; /* declined: handed over with None */
+        return 0;
+    }
+    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 4 ||
+        !PyList_Check(PyTuple_GET_ITEM(result, 3))) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_TypeError, "the produce lane must return a 4-tuple or None");
+        return -1;
+    }
+    if (PyList_GET_SIZE(PyTuple_GET_ITEM(result, 3)) > 0) {
+        *sent = result; /* sampled records: the owner builds their spans */
+        return 0;
+    }
+    unsigned long long records = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(result, 1));
+    if (PyErr_Occurred()) {
+        Py_DECREF(result);
+        return -1;
+    }
+    PyObject *out = PyTuple_GET_ITEM(result, 0);
+    if (acks == 0 && p->expects) {
+        p->expects = 0;
+        self->expecting--;
+    }
+    self->lane_records += records;
+    self->lane_rewritten += out != frame;
+    *sent = Py_NewRef(out);
+    Py_DECREF(result);
+    return 1;
+}
+
 /* A whole held frame goes out: forwarded after its acks were read or its walk, or handed to
  * the owner. */
 static int
@@ -462,13 +517,14 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
     PyObject *item;
     if (scanner == &self->requests) {
         long long seq = PyLong_AsLongLong(PyTuple_GET_ITEM(token, 0));
-        int for_acks = PyTuple_GET_ITEM(token, 1) == Py_True;
+        long take = PyLong_AsLong(PyTuple_GET_ITEM(token, 1));
         Pending *p = held_request(self, seq);
         if (p == NULL) {
             Py_DECREF(frame);
             return -1;
         }
-        if (for_acks) {
+        PyObject *lane_result = NULL; /* owned once set */
+        if (take != TAKE_HOLD) {
             Py_buffer b;
             if (PyObject_GetBuffer(frame, &b, PyBUF_SIMPLE) < 0) {
                 Py_DECREF(frame);
@@ -477,7 +533,14 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
             int acks = read_produce_acks((const unsigned char *)b.buf + SIZE_PREFIX,
                                          b.len - SIZE_PREFIX, p->api_version);
             PyBuffer_Release(&b);
-            if (acks != ACKS_UNREAD) {
+            if (acks != ACKS_UNREAD && take == TAKE_LANE) {
+                int taken = take_by_lane(self, p, acks, frame, &lane_result);
+                if (taken != 0) {
+                    Py_DECREF(frame);
+                    return taken < 0 ? -1 : append_new(feed->out, lane_result);
+                }
+            }
+            else if (acks != ACKS_UNREAD) {
                 if (acks == 0 && p->expects) {
                     p->expects = 0;
                     self->expecting--;
@@ -485,8 +548,9 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
                 return append_new(feed->out, frame);
             }
         }
-        item = Py_BuildValue("(LiiiN)", seq, (int)p->api_key, (int)p->api_version,
-                             (int)p->correlation_id, frame);
+        item = Py_BuildValue("(LiiiNN)", seq, (int)p->api_key, (int)p->api_version,
+                             (int)p->correlation_id, frame,
+                             lane_result != NULL ? lane_result : Py_NewRef(Py_None));
     }
     else {
         PyObject *program = PyTuple_GET_ITEM(token, 4);
@@ -915,6 +979,7 @@ core_traverse(PairingCore *self, visitproc visit, void *arg)
     Py_VISIT(self->protocol_error);
     Py_VISIT(self->too_large);
     Py_VISIT(self->walks);
+    Py_VISIT(self->lane);
     return 0;
 }
 
@@ -929,6 +994,7 @@ core_clear(PairingCore *self)
     Py_CLEAR(self->protocol_error);
     Py_CLEAR(self->too_large);
     Py_CLEAR(self->walks);
+    Py_CLEAR(self->lane);
     return 0;
 }
 
@@ -1071,6 +1137,34 @@ core_take_stats(PairingCore *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+core_set_produce_lane(PairingCore *self, PyObject *args)
+{
+    PyObject *lane;
+    int low = 1, high = 0;
+    if (!PyArg_ParseTuple(args, "O(ii)", &lane, &low, &high)) {
+        return NULL;
+    }
+    if (lane != Py_None && !PyCallable_Check(lane)) {
+        PyErr_SetString(PyExc_TypeError, "the produce lane must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(self->lane, lane == Py_None ? NULL : Py_NewRef(lane));
+    self->lane_low = low;
+    self->lane_high = high;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_take_lane_counts(PairingCore *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *taken = Py_BuildValue("(KK)", self->lane_rewritten, self->lane_records);
+    if (taken != NULL) {
+        self->lane_rewritten = self->lane_records = 0;
+    }
+    return taken;
+}
+
+static PyObject *
 core_in_flight(PairingCore *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->expecting);
@@ -1088,6 +1182,10 @@ static PyMethodDef core_methods[] = {
      "Change which requests of one API are handed over (None: none of them)."},
     {"take_stats", (PyCFunction)core_take_stats, METH_NOARGS,
      "The counts since the last call, per API key (-1 for unknown keys)."},
+    {"set_produce_lane", (PyCFunction)core_set_produce_lane, METH_VARARGS,
+     "Run Produce requests of the versions given through a lane (None: no lane)."},
+    {"take_lane_counts", (PyCFunction)core_take_lane_counts, METH_NOARGS,
+     "Requests the lane rebuilt and records it passed on unsampled since the last call."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -355,3 +355,14 @@ schema_walk_untagged(PyObject *program, const unsigned char *data, Py_ssize_t si
     }
     return untagged;
 }
+
+Py_ssize_t
+schema_walk_capturing(PyObject *program, const unsigned char *data, Py_ssize_t size,
+                      Py_ssize_t offset, PyObject *captures)
+{
+    if (offset < 0 || offset > size) {
+        return INCOMPLETE;
+    }
+    Input in = {data, size, captures};
+    return walk_entity(program, &in, offset, NULL);
+}

@@ -12,4 +12,10 @@ PyObject *walk_schema(PyObject *self, PyObject *args);
 int schema_walk_untagged(PyObject *program, const unsigned char *data, Py_ssize_t size,
                          Py_ssize_t offset);
 
+/* For the request lane (_request_roots.c): walk the message at `offset` appending captures to
+ * the list `captures`; where it ends, -1 when the walk cannot finish, -2 with an exception set
+ * (an array announcing more elements than bytes left, raised as ValueError). */
+Py_ssize_t schema_walk_capturing(PyObject *program, const unsigned char *data, Py_ssize_t size,
+                                 Py_ssize_t offset, PyObject *captures);
+
 #endif

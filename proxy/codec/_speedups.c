@@ -10,6 +10,8 @@
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
  *   root_traceparents              proxy/tracing/traceparent.py  (new contexts for a batch)
  *   inject_roots                   proxy/tracing/roots.py        (contexts into a whole batch)
+ *   inject_request_roots           proxy/tracing/roots.py        (in _request_roots.c: the same
+ *                                                                 for a whole Produce request)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
  *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
@@ -27,6 +29,8 @@
 #include <string.h>
 
 #include "_pairing.h"
+#include "_request_roots.h"
+#include "_roots.h"
 #include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
@@ -318,6 +322,37 @@ splice(const unsigned char *body, Py_ssize_t limit, Py_ssize_t count, const char
 fail:
     Py_DECREF(result);
     return NULL;
+}
+
+/* records.py's first_record_has_headers: 1 only when the first record plainly has headers (or
+ * bytes after its fields); anything odd is 0, and left to the splice. */
+static int
+first_record_has_headers(const unsigned char *body, Py_ssize_t limit)
+{
+    int64_t length, size;
+    Py_ssize_t start = 0;
+    if (read_varint(body, &start, limit, MAX_VARINT_BYTES, &length) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (length <= 0 || length > limit - start) {
+        return 0;
+    }
+    Py_ssize_t end = start + (Py_ssize_t)length;
+    Py_ssize_t field = start + 1; /* attributes */
+    for (int i = 0; i < 4; i++) { /* timestamp and offset deltas; key and value */
+        if (read_varint(body, &field, end, MAX_VARINT_BYTES, &size) < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (i >= 2 && size > 0) {
+            if (size > end) {
+                return 0;
+            }
+            field += (Py_ssize_t)size;
+        }
+    }
+    return field < end && (field != end - 1 || body[field] != 0);
 }
 
 PyDoc_STRVAR(splice_one_header_each_doc,
@@ -838,8 +873,8 @@ append_sampled(PyObject *sampled, Py_ssize_t i, const unsigned char *ids)
     return result;
 }
 
-static int
-read_threshold(PyObject *threshold_arg, const unsigned char **threshold)
+int
+roots_threshold(PyObject *threshold_arg, const unsigned char **threshold)
 {
     *threshold = NULL;
     if (threshold_arg == Py_None) {
@@ -867,7 +902,7 @@ root_traceparents(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*O", &random_view, &threshold_arg)) {
         return NULL;
     }
-    if (read_threshold(threshold_arg, &threshold) < 0) {
+    if (roots_threshold(threshold_arg, &threshold) < 0) {
         PyBuffer_Release(&random_view);
         return NULL;
     }
@@ -927,27 +962,15 @@ PyDoc_STRVAR(inject_roots_doc,
 "each record and the batch re-signed; the record count; (index, trace id, span id, start of\n"
 "the record in the original records section) of the sampled ones. None: not that case.");
 
-static PyObject *
-inject_roots(PyObject *module, PyObject *args)
+PyObject *
+inject_roots_batch(const unsigned char *batch, Py_ssize_t size, PyObject *draw,
+                   const unsigned char *threshold, PyObject *crc, Py_ssize_t max_batch_bytes)
 {
-    Py_buffer view;
-    PyObject *draw, *threshold_arg, *crc;
-    Py_ssize_t max_batch_bytes;
-    const unsigned char *threshold;
-    if (!PyArg_ParseTuple(args, "y*OOOn", &view, &draw, &threshold_arg, &crc,
-                          &max_batch_bytes)) {
-        return NULL;
-    }
     PyObject *result = NULL, *drawn = NULL, *sampled = NULL, *wanted = NULL, *starts = NULL;
     PyObject *rebuilt = NULL, *checked = NULL;
     char *roots = NULL;
     const char **added = NULL;
     Py_ssize_t *sizes = NULL;
-    const unsigned char *batch = view.buf;
-    Py_ssize_t size = view.len;
-    if (read_threshold(threshold_arg, &threshold) < 0) {
-        goto done;
-    }
     /* One whole v2 batch, uncompressed, not a control batch; else the general path. */
     if (size < RECORDS_OFFSET || (Py_ssize_t)read_be(batch + 8, 4) + LOG_OVERHEAD != size ||
         batch[MAGIC_OFFSET] != 2 || (batch[ATTRIBUTES_OFFSET + 1] & CODEC_MASK) ||
@@ -959,6 +982,9 @@ inject_roots(PyObject *module, PyObject *args)
     if (count <= 0 || count > limit / MIN_RECORD_SIZE ||
         size + count * ROOT_HEADER_SIZE > max_batch_bytes) {
         goto not_applicable;
+    }
+    if (first_record_has_headers(batch + RECORDS_OFFSET, limit)) {
+        goto not_applicable; /* an instrumented producer's batch: before any work */
     }
     /* A batch whose CRC is already wrong is the general path's to refuse. */
     checked = call_crc(crc, batch + ATTRIBUTES_OFFSET, size - ATTRIBUTES_OFFSET);
@@ -1069,9 +1095,29 @@ done:
     PyMem_Free(roots);
     PyMem_Free(added);
     PyMem_Free(sizes);
+    return result;
+}
+
+static PyObject *
+inject_roots(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    PyObject *draw, *threshold_arg, *crc;
+    Py_ssize_t max_batch_bytes;
+    const unsigned char *threshold;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*OOOn", &view, &draw, &threshold_arg, &crc,
+                          &max_batch_bytes)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (roots_threshold(threshold_arg, &threshold) == 0) {
+        result = inject_roots_batch(view.buf, view.len, draw, threshold, crc, max_batch_bytes);
+    }
     PyBuffer_Release(&view);
     return result;
 }
+
 
 static PyMethodDef speedups_methods[] = {
     {"sampled_traceparent_positions", sampled_traceparent_positions, METH_VARARGS,
@@ -1079,6 +1125,8 @@ static PyMethodDef speedups_methods[] = {
     {"splice_one_header_each", splice_one_header_each, METH_VARARGS, splice_one_header_each_doc},
     {"root_traceparents", root_traceparents, METH_VARARGS, root_traceparents_doc},
     {"inject_roots", inject_roots, METH_VARARGS, inject_roots_doc},
+    {"inject_request_roots", (PyCFunction)(void (*)(void))inject_request_roots, METH_FASTCALL,
+     inject_request_roots_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},

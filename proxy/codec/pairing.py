@@ -11,6 +11,11 @@ acks (an acks=0 request gets no response, so it must not wait for one); one in a
 `produce_acks`, or that this module cannot read for sure, is handed over, and the owner's full
 parse decides.
 
+With a *produce lane* set (`set_produce_lane`: tracing's `inject_request_roots`), Produce
+requests of the lane's versions are handed to it instead, once their acks are read: a request
+it rebuilds with no sampled record goes out at once, and only the others reach the owner, with
+the lane's result so the owner builds their spans without drawing again.
+
 `_speedups.c` has the compiled twin (`PairingCore`); `pairing_core` picks it when built. Both
 raise the same errors with the same messages and produce the same pieces for the same reads.
 """
@@ -21,6 +26,7 @@ import bisect
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +74,15 @@ class HoldPolicy:
     latency_buckets: tuple[float, ...] = ()
 
 
-#: A request the owner asked to see: (seq, api key, version, correlation id, frame); `seq` names
-#: it in `attach` and `forget`. A plain tuple: forwarded pieces are never tuples.
-HeldRequest = tuple[int, int, int, int, "bytes | memoryview"]
+#: A request the owner asked to see: (seq, api key, version, correlation id, frame, what the
+#: produce lane made of it or None); `seq` names it in `attach` and `forget`. A plain tuple:
+#: forwarded pieces are never tuples.
+HeldRequest = tuple[int, int, int, int, "bytes | memoryview", Any]
+#: The produce lane: (frame, version) -> None (declined) or (frame to send, records passed on
+#: unsampled, transactional id, partitions with sampled records); see tracing/roots.py.
+ProduceLane = Callable[["bytes | memoryview", int], Any]
+#: How a request frame is taken once whole: handed over, read for its acks, or given to the lane.
+TAKE_HOLD, TAKE_ACKS, TAKE_LANE = range(3)
 #: A response the owner asked to see: (api key, version, correlation id, attached state or None,
 #: frame, the walk's verdict: True when it has no tagged fields of its own, False when it has or
 #: the walk could not tell, None when it was not walked).
@@ -124,6 +136,9 @@ class PairingCorePython:
         self._first_seq = 0  # seq of self._pending[0]
         self._expecting = 0
         self._counts: dict[int, _Counts] = {}
+        self._lane: ProduceLane | None = None
+        self._lane_versions: VersionRange = (1, 0)
+        self._lane_rewritten = self._lane_records = 0
         self._requests = FrameScanner(
             peek_size=REQUEST_PEEK_SIZE, max_frame_size=max_frame_size, classify=self._request
         )
@@ -142,6 +157,17 @@ class PairingCorePython:
             self._hold_requests.pop(api_key, None)
         else:
             self._hold_requests[api_key] = versions
+
+    def set_produce_lane(self, lane: ProduceLane | None, versions: VersionRange) -> None:
+        """Run Produce requests of these versions through `lane` (None: no lane)."""
+        self._lane = lane
+        self._lane_versions = versions
+
+    def take_lane_counts(self) -> tuple[int, int]:
+        """Requests the lane rebuilt, and records it passed on unsampled, since the last call."""
+        taken = (self._lane_rewritten, self._lane_records)
+        self._lane_rewritten = self._lane_records = 0
+        return taken
 
     def attach(self, seq: int, state: Any) -> None:
         """Keep `state` with a handed-over request; its response is handed over with it."""
@@ -181,22 +207,57 @@ class PairingCorePython:
             if type(piece) is Forward:
                 out.append(piece.data)
                 continue
-            seq, for_acks = piece.token
+            seq, take = piece.token
             if seq < self._first_seq:
                 raise ProtocolError("a response arrived before its request was sent whole")
             pending = self._pending[seq - self._first_seq]
-            if for_acks:
+            lane_result = None
+            if take != TAKE_HOLD:
                 acks = read_produce_acks(memoryview(piece.frame)[4:], pending.api_version)
-                if acks is not None:
+                if acks is not None and take == TAKE_LANE:
+                    sent, lane_result = self._take_by_lane(seq, acks, piece.frame)
+                    if sent is not None:
+                        out.append(sent)
+                        continue
+                elif acks is not None:
                     if acks == 0:
                         self.forget(seq)
                     out.append(piece.frame)
                     continue
             out.append(
-                (seq, pending.api_key, pending.api_version, pending.correlation_id, piece.frame)
+                (
+                    seq,
+                    pending.api_key,
+                    pending.api_version,
+                    pending.correlation_id,
+                    piece.frame,
+                    lane_result,
+                )
             )
             held += 1
         return out, held
+
+    def _take_by_lane(
+        self, seq: int, acks: int, frame: bytes | memoryview
+    ) -> tuple[bytes | memoryview | None, Any]:
+        """(the frame to send, None) when the lane rebuilt the request with no sampled record;
+        else (None, what the owner gets with the request: the lane's result, or None when the
+        lane declined)."""
+        assert self._lane is not None
+        pending = self._pending[seq - self._first_seq]
+        result = self._lane(frame, pending.api_version)
+        if result is None:
+            return None, None
+        if type(result) is not tuple or len(result) != 4 or type(result[3]) is not list:
+            raise TypeError("the produce lane must return a 4-tuple or None")
+        sent, records, _, sampled = result
+        if sampled:
+            return None, result
+        if acks == 0:
+            self.forget(seq)
+        self._lane_records += records
+        self._lane_rewritten += sent is not frame
+        return sent, None
 
     def _request(self, peek: memoryview, size: int) -> Any:
         api_key, api_version, correlation_id = peek_request(peek)
@@ -206,13 +267,17 @@ class PairingCorePython:
         counts = self._count(api_key)
         counts.requests += 1
         counts.request_bytes += size + 4
+        if api_key == PRODUCE and self._lane is not None:
+            low, high = self._lane_versions
+            if low <= api_version <= high:
+                return (seq, TAKE_LANE)
         versions = self._hold_requests.get(api_key)
         if versions is not None and versions[0] <= api_version <= versions[1]:
-            return (seq, False)
+            return (seq, TAKE_HOLD)
         if api_key == PRODUCE:
             # Read here for its acks, or handed over in a version this module cannot read.
             low, high = self._policy.produce_acks
-            return (seq, low <= api_version <= high)
+            return (seq, TAKE_ACKS if low <= api_version <= high else TAKE_HOLD)
         return None
 
     # -- responses -------------------------------------------------------------------------

@@ -88,6 +88,12 @@ def _layout_program(api_version: int) -> Program:
     return program(request_schema(ApiKey.PRODUCE, api_version), _CAPTURED)
 
 
+def layout_programs(versions: tuple[int, int]) -> dict[int, Program]:
+    """The layout walk's program of each Produce version in the range (for the request lane,
+    which walks requests in compiled code)."""
+    return {version: _layout_program(version) for version in range(versions[0], versions[1] + 1)}
+
+
 def locate_request_partitions(
     body: bytes | memoryview, header_size: int, api_version: int
 ) -> RequestLayout | None:

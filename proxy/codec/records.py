@@ -730,6 +730,28 @@ def append_header_to_each(
     return _resigned(view, new_body), records
 
 
+def first_record_has_headers(body: Buffer) -> bool:
+    """Whether the first record of a records section plainly has headers (or bytes after its
+    fields), read without raising: only then is the answer True. A producer that sets headers
+    sets them on every record, so the fast paths decline its batches here, before drawing any
+    context; anything odd about the record is left to the splice, which judges it."""
+    limit = len(body)
+    try:
+        length, start = _read_varint(body, 0, limit, _MAX_VARINT_BYTES)
+        end = start + length
+        if length <= 0 or end > limit:
+            return False
+        field = start + 1  # attributes
+        for _ in range(2):  # timestamp delta, offset delta
+            field = _read_varint(body, field, end, _MAX_VARINT_BYTES)[1]
+        for _ in range(2):  # key, then value: length and bytes
+            size, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+            field += max(size, 0)
+    except RecordBatchError:
+        return False
+    return field < end and (field != end - 1 or body[field] != 0)
+
+
 def splice_one_header_each_python(
     body: memoryview, encoded: Sequence[bytes], wanted: Sequence[int], starts: list[int]
 ) -> bytes | None:

@@ -5,7 +5,8 @@ instrumented) keeps its headers untouched and the proxy's span becomes a child o
 any other record gets a new context written into its headers, sampled or not, so the consumer side
 honours the same decision. Only sampled records get span objects, built when the broker answers.
 A partition that is one uncompressed batch of records without headers, the usual case, takes a
-one-call fast path (`roots`).
+one-call fast path (`roots`); with W3C propagation, a whole request of such partitions does too,
+in the pairing core (`request_lane`), and reaches Python only when one of its records is sampled.
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import crc32c
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import SpanContext, SpanKind
 
+from ..codec.produce import layout_programs
 from ..codec.records import BatchView, EncodedHeaders, RecordView
-from ..interceptors import BatchInjection, ConnectionContext, ProducePartition, ProduceResult
+from ..interceptors import (
+    BatchInjection,
+    ConnectionContext,
+    LaneResult,
+    ProducePartition,
+    ProduceResult,
+)
 from ..metrics import Metrics
 from .core import TracingCore
-from .roots import Injected, inject_roots
+from .roots import Injected, inject_request_roots, inject_roots
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
 from .traceparent import new_root_traceparents
 
@@ -64,6 +73,36 @@ class ProduceTracer:
         self._unsampled = traced(outcome="unsampled")
         self._invalid_context = traced(outcome="invalid_context")
         self._sampled = traced(outcome="sampled")
+
+    def request_lane(
+        self, max_batch_bytes: int, versions: tuple[int, int]
+    ) -> Callable[[bytes | memoryview, int], LaneResult | None] | None:
+        """Whole requests given root contexts in one call (`roots.inject_request_roots`); only
+        with W3C propagation alone, as `on_produce_request`'s fast path."""
+        if not self._core.propagation.tracecontext_only:
+            return None
+        return self._lane(max_batch_bytes, versions)
+
+    @cache  # noqa: B019 - one per tracer and batch limit, shared by its connections
+    def _lane(
+        self, max_batch_bytes: int, versions: tuple[int, int]
+    ) -> Callable[[bytes | memoryview, int], LaneResult | None]:
+        return partial(
+            inject_request_roots,
+            layout_programs(versions),
+            random.randbytes,
+            self._root_threshold,
+            crc32c.crc32c,
+            max_batch_bytes,
+        )
+
+    def on_lane_records(self, count: int) -> None:
+        self._unsampled.inc(count)
+
+    def on_lane_partition(
+        self, ctx: ConnectionContext, partition: ProducePartition, injected: Injected
+    ) -> PendingPartition | None:
+        return self._roots_injected(partition, injected, time.time_ns())
 
     def on_produce_request(
         self, ctx: ConnectionContext, partition: ProducePartition

@@ -8,6 +8,10 @@ is one call (`_speedups.c` has the compiled twin) instead of the general batch-b
 (compressed, control, several batches, records that already have headers, a batch too large
 for the headers, a CRC that is already wrong) is answered None and left to that general path,
 which knows how to say what is wrong.
+
+`inject_request_roots` does the same for a whole Produce request: the pairing core calls it for
+every Produce request while tracing is on, so a request whose records are all unsampled goes out
+rebuilt without any Python running for it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import struct
 from collections.abc import Callable
 
 from ..codec import native
+from ..codec.guard import Program
+from ..codec.produce import FLEXIBLE_FROM, locate_request_partitions, splice_located
 from ..codec.records import (
     ATTRIBUTES_OFFSET,
     CODEC_MASK,
@@ -26,6 +32,7 @@ from ..codec.records import (
     MIN_RECORD_SIZE,
     RECORDS_OFFSET,
     RecordBatchError,
+    first_record_has_headers,
     splice_one_header_each_python,
 )
 from .traceparent import VALUE_LENGTH, WIRE_PREFIX, root_traceparents_python
@@ -37,6 +44,9 @@ RANDOM_PER_ROOT = 24
 _HEADER = struct.Struct(">qi")
 _COUNT = struct.Struct(">i")
 _CRC = struct.Struct(">I")
+
+_INT16 = struct.Struct(">h")
+_SIZE_PREFIX = 4
 
 #: (new batch, record count, [(index, trace id, span id, record start)] of the sampled records,
 #: the start counted in the original batch's records section).
@@ -72,6 +82,7 @@ def inject_roots_python(
         count <= 0
         or count > len(body) // MIN_RECORD_SIZE
         or size + count * ROOT_HEADER_SIZE > max_batch_bytes
+        or first_record_has_headers(body)
         or crc(view[ATTRIBUTES_OFFSET:]) != _CRC.unpack_from(view, CRC_OFFSET)[0]
     ):
         return None
@@ -96,3 +107,101 @@ def inject_roots_python(
 
 #: The fast path the producer runs: the compiled twin when the extension is built.
 inject_roots = native.twin("inject_roots", inject_roots_python, error=RecordBatchError)
+
+
+#: A partition with sampled records: (topic name, or the raw 16-byte topic id from v13 on,
+#: partition, start and end of its original records in the frame, what `inject_roots` made).
+LanePartition = tuple[str | bytes, int, int, int, Injected]
+#: (the frame to send: rebuilt, or the frame itself when no partition has records; the records
+#: of partitions without a sampled one; the transactional id, read only when some partition has
+#: sampled records; those partitions).
+LaneResult = tuple[bytes | memoryview, int, str | None, list[LanePartition]]
+
+
+def inject_request_roots_python(
+    programs: dict[int, Program],
+    draw: Callable[[int], bytes],
+    threshold: bytes | None,
+    crc: Callable[..., int],
+    max_batch_bytes: int,
+    frame: bytes | memoryview,
+    api_version: int,
+) -> LaneResult | None:
+    """A Produce request (its whole frame) with a new root traceparent on every record, by
+    `inject_roots_python` per partition; None, for the general path, when the request is
+    anything but plain: a header with tagged fields or a client id that is not ASCII, a version
+    without a program, a transactional id or topic name that is not ASCII, a null topic name,
+    a request the layout walk cannot read to its end, or any partition `inject_roots` declines.
+    Errors are declined too: the general path meets them again and says what they are."""
+    try:
+        return _request_roots(programs, draw, threshold, crc, max_batch_bytes, frame, api_version)
+    except Exception:
+        return None
+
+
+def _request_roots(
+    programs: dict[int, Program],
+    draw: Callable[[int], bytes],
+    threshold: bytes | None,
+    crc: Callable[..., int],
+    max_batch_bytes: int,
+    frame: bytes | memoryview,
+    api_version: int,
+) -> LaneResult | None:
+    body = memoryview(frame)[_SIZE_PREFIX:]
+    header_size = _plain_header_size(body, api_version)
+    if header_size is None or api_version not in programs:
+        return None
+    layout = locate_request_partitions(body, header_size, api_version)
+    if layout is None or not (layout.transactional_id or "").isascii():
+        return None
+    replacements: dict[tuple[int, int], bytes] = {}
+    parts: list[LanePartition] = []
+    records = 0
+    for located, (_, end) in zip(layout.partitions, layout.fields, strict=True):
+        if located.topic is not None and not located.topic.isascii():
+            return None
+        if located.records is None:
+            continue
+        injected = inject_roots_python(located.records, draw, threshold, crc, max_batch_bytes)
+        if injected is None:
+            return None
+        replacements[(located.topic_index, located.partition_index)] = injected[0]
+        if not injected[2]:
+            records += injected[1]
+            continue
+        topic = located.topic
+        if topic is None:  # named by id: as the request carries it
+            topic = located.topic_id.bytes if located.topic_id is not None else bytes(16)
+        start = _SIZE_PREFIX + end - len(located.records)
+        parts.append((topic, located.partition, start, _SIZE_PREFIX + end, injected))
+    if not replacements:
+        return frame, records, None, parts
+    spliced = splice_located(body, layout, api_version, replacements)
+    if len(spliced) - _SIZE_PREFIX > 0x7FFFFFFF:
+        return None
+    return spliced, records, layout.transactional_id if parts else None, parts
+
+
+def _plain_header_size(body: memoryview, api_version: int) -> int | None:
+    """The size of a request header with a plain ASCII client id and, in flexible versions, no
+    tagged fields; None for any other header."""
+    if len(body) < 10:
+        return None
+    length = _INT16.unpack_from(body, 8)[0]
+    offset = 10
+    if length >= 0:
+        if length > len(body) - offset or not bytes(body[offset : offset + length]).isascii():
+            return None
+        offset += length
+    elif length != -1:
+        return None
+    if api_version >= FLEXIBLE_FROM:
+        if offset >= len(body) or body[offset] != 0:
+            return None
+        offset += 1
+    return offset
+
+
+#: The request lane the pairing core runs: the compiled twin when the extension is built.
+inject_request_roots = native.twin("inject_request_roots", inject_request_roots_python)

@@ -232,7 +232,7 @@ def test_acks_zero_produce_requests_expect_no_response(version: int) -> None:
 @compiled
 def test_attached_state_comes_back_with_the_response() -> None:
     for core in _twins(POLICIES["tracing on"]):
-        ((seq, key, version, correlation_id, _),) = core.from_client(_produce(9, 5, 1))[0]
+        ((seq, key, version, correlation_id, _, _),) = core.from_client(_produce(9, 5, 1))[0]
         assert (key, version, correlation_id) == (0, 9, 5)
         core.attach(seq, ["state"])
         (item,) = core.from_server(_response(5))[0]
