@@ -31,6 +31,12 @@
 /* The capture ids of produce.py's layout program. */
 enum { CAPTURED_TRANSACTIONAL_ID, CAPTURED_TOPIC, CAPTURED_PARTITION, CAPTURED_RECORDS };
 
+/* One captured field: its capture id, start, value start (-1: null) and end in the body. */
+typedef struct {
+    long kind;
+    Py_ssize_t start, value, end;
+} Captured;
+
 /* Where the records field of a partition lies in the body, and what replaces its value. */
 typedef struct {
     Py_ssize_t start, end; /* the field, length prefix included */
@@ -140,6 +146,7 @@ request_roots(PyObject *programs, PyObject *draw, PyObject *threshold_arg, PyObj
     PyObject *result = NULL, *captures = NULL, *parts = NULL, *kept = NULL;
     PyObject *transactional_id = NULL;
     Replacement *replaced = NULL;
+    Captured *fields = NULL;
     Py_ssize_t replaced_count = 0;
     const unsigned char *threshold;
     if (roots_threshold(threshold_arg, &threshold) < 0) {
@@ -173,41 +180,48 @@ request_roots(PyObject *programs, PyObject *draw, PyObject *threshold_arg, PyObj
     }
     Py_ssize_t captured = PyList_GET_SIZE(captures);
     replaced = PyMem_Malloc(sizeof(Replacement) * (size_t)(captured ? captured : 1));
-    if (replaced == NULL) {
+    fields = PyMem_Malloc(sizeof(Captured) * (size_t)(captured ? captured : 1));
+    if (replaced == NULL || fields == NULL) {
         PyErr_NoMemory();
         goto done;
+    }
+    /* The names first: a request the general path must judge is declined before any draw. */
+    for (Py_ssize_t i = 0; i < captured; i++) {
+        PyObject *entry = PyList_GET_ITEM(captures, i);
+        Captured *field = &fields[i];
+        field->kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+        field->start = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+        field->value = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2));
+        field->end = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        int named = field->kind == CAPTURED_TRANSACTIONAL_ID ||
+                    (field->kind == CAPTURED_TOPIC && api_version < TOPIC_IDS_FROM);
+        if (named && field->value >= 0 &&
+            !is_ascii(body + field->value, field->end - field->value)) {
+            goto declined; /* a name to decode in full */
+        }
+        if (field->kind == CAPTURED_TOPIC && api_version < TOPIC_IDS_FROM && field->value < 0) {
+            goto declined; /* a null topic name */
+        }
+        if (field->kind == CAPTURED_PARTITION && field->end - field->start != 4) {
+            goto declined; /* not the int32 the layout has: not a program of this file's */
+        }
     }
     Py_ssize_t topic_start = 0, topic_end = 0, txn_start = -1, txn_end = -1;
     long partition = 0;
     long long records = 0;
     for (Py_ssize_t i = 0; i < captured; i++) {
-        PyObject *entry = PyList_GET_ITEM(captures, i);
-        long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
-        Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
-        Py_ssize_t value = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2));
-        Py_ssize_t stop = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
-        if (PyErr_Occurred()) {
-            goto done;
-        }
+        long kind = fields[i].kind;
+        Py_ssize_t start = fields[i].start, value = fields[i].value, stop = fields[i].end;
         if (kind == CAPTURED_TRANSACTIONAL_ID) {
-            if (value >= 0 && !is_ascii(body + value, stop - value)) {
-                goto declined;
-            }
             txn_start = value;
             txn_end = stop;
         }
         else if (kind == CAPTURED_TOPIC) {
-            if (api_version >= TOPIC_IDS_FROM) {
-                topic_start = start;
-                topic_end = stop;
-            }
-            else if (value < 0 || !is_ascii(body + value, stop - value)) {
-                goto declined; /* a null topic name, or one to decode in full */
-            }
-            else {
-                topic_start = value;
-                topic_end = stop;
-            }
+            topic_start = api_version >= TOPIC_IDS_FROM ? start : value;
+            topic_end = stop;
         }
         else if (kind == CAPTURED_PARTITION) {
             partition = (int32_t)(((uint32_t)body[start] << 24) | ((uint32_t)body[start + 1] << 16) |
@@ -279,6 +293,7 @@ done:
     Py_XDECREF(captures);
     Py_XDECREF(parts);
     PyMem_Free(replaced);
+    PyMem_Free(fields);
     return result;
 }
 
@@ -301,9 +316,15 @@ inject_request_roots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t max_batch_bytes = PyLong_AsSsize_t(args[4]);
-    int api_version = (int)PyLong_AsLong(args[6]);
-    if (PyErr_Occurred()) {
+    long api_version = PyLong_AsLong(args[6]);
+    if (api_version == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    if (max_batch_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (api_version < INT16_MIN || api_version > INT16_MAX) {
+        return Py_NewRef(Py_None); /* no Produce version: no program */
     }
     if (!PyDict_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "inject_request_roots: programs must be a dict");
@@ -314,7 +335,7 @@ inject_request_roots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *result = request_roots(args[0], args[1], args[2], args[3], max_batch_bytes,
-                                     args[5], view.buf, view.len, api_version);
+                                     args[5], view.buf, view.len, (int)api_version);
     PyBuffer_Release(&view);
     if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
         /* Declined: the general path meets the same problem and says what it is. */

@@ -73,13 +73,14 @@ class RequestLayout(NamedTuple):
     fields: list[tuple[int, int]]
 
 
-_TRANSACTIONAL_ID, _TOPIC, _PARTITION, _RECORDS = range(4)
+#: The capture ids of the layout program (the request lane, `tracing.roots`, reads them too).
+CAPTURED_TRANSACTIONAL_ID, CAPTURED_TOPIC, CAPTURED_PARTITION, CAPTURED_RECORDS = range(4)
 _CAPTURED = {
-    "transactional_id": _TRANSACTIONAL_ID,
-    "topic_data.name": _TOPIC,
-    "topic_data.topic_id": _TOPIC,
-    "topic_data.partition_data.index": _PARTITION,
-    "topic_data.partition_data.records": _RECORDS,
+    "transactional_id": CAPTURED_TRANSACTIONAL_ID,
+    "topic_data.name": CAPTURED_TOPIC,
+    "topic_data.topic_id": CAPTURED_TOPIC,
+    "topic_data.partition_data.index": CAPTURED_PARTITION,
+    "topic_data.partition_data.records": CAPTURED_RECORDS,
 }
 
 
@@ -115,16 +116,16 @@ def locate_request_partitions(
     partition = 0
     try:
         for kind, start, value, end in captures:
-            if kind == _RECORDS:
+            if kind == CAPTURED_RECORDS:
                 records = view[value:end] if value >= 0 else None
                 partitions.append(
                     PartitionRecords(t_index, p_index, topic, topic_id, partition, records)
                 )
                 fields.append((start, end))
-            elif kind == _PARTITION:
+            elif kind == CAPTURED_PARTITION:
                 p_index += 1
                 partition = int.from_bytes(view[start:end], "big", signed=True)
-            elif kind == _TOPIC:
+            elif kind == CAPTURED_TOPIC:
                 t_index, p_index = t_index + 1, -1
                 if api_version >= TOPIC_IDS_FROM:
                     topic, topic_id = None, captured_uuid(bytes(view[start:end]))

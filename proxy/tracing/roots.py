@@ -20,8 +20,16 @@ import struct
 from collections.abc import Callable
 
 from ..codec import native
-from ..codec.guard import Program
-from ..codec.produce import FLEXIBLE_FROM, locate_request_partitions, splice_located
+from ..codec.guard import Captures, Program, walk
+from ..codec.produce import (
+    CAPTURED_PARTITION,
+    CAPTURED_TOPIC,
+    CAPTURED_TRANSACTIONAL_ID,
+    FLEXIBLE_FROM,
+    TOPIC_IDS_FROM,
+    locate_request_partitions,
+    splice_located,
+)
 from ..codec.records import (
     ATTRIBUTES_OFFSET,
     CODEC_MASK,
@@ -152,15 +160,15 @@ def _request_roots(
     header_size = _plain_header_size(body, api_version)
     if header_size is None or api_version not in programs:
         return None
+    if not _plain_names(programs[api_version], body, header_size, api_version):
+        return None
     layout = locate_request_partitions(body, header_size, api_version)
-    if layout is None or not (layout.transactional_id or "").isascii():
+    if layout is None:
         return None
     replacements: dict[tuple[int, int], bytes] = {}
     parts: list[LanePartition] = []
     records = 0
     for located, (_, end) in zip(layout.partitions, layout.fields, strict=True):
-        if located.topic is not None and not located.topic.isascii():
-            return None
         if located.records is None:
             continue
         injected = inject_roots_python(located.records, draw, threshold, crc, max_batch_bytes)
@@ -181,6 +189,27 @@ def _request_roots(
     if len(spliced) - _SIZE_PREFIX > 0x7FFFFFFF:
         return None
     return spliced, records, layout.transactional_id if parts else None, parts
+
+
+def _plain_names(program: Program, body: memoryview, header_size: int, api_version: int) -> bool:
+    """Whether the request walks to its end with its transactional id and topic names (every
+    topic's, with partitions or not) plain ASCII and no topic name null: checked before any
+    draw, so such requests are declined having drawn nothing."""
+    captures: Captures = []
+    walked = walk(program, body, header_size, captures)
+    if walked is None or walked[0] != len(body):
+        return False
+    for kind, start, value, end in captures:
+        named = kind == CAPTURED_TRANSACTIONAL_ID or (
+            kind == CAPTURED_TOPIC and api_version < TOPIC_IDS_FROM
+        )
+        if named and value >= 0 and not bytes(body[value:end]).isascii():
+            return False
+        if kind == CAPTURED_TOPIC and api_version < TOPIC_IDS_FROM and value < 0:
+            return False
+        if kind == CAPTURED_PARTITION and end - start != 4:
+            return False
+    return True
 
 
 def _plain_header_size(body: memoryview, api_version: int) -> int | None:
