@@ -479,27 +479,30 @@ take_by_lane(PairingCore *self, Pending *p, int acks, PyObject *frame, PyObject 
         *sent = result; /* declined: handed over with None */
         return 0;
     }
-    if (!PyTuple_Check(result) || PyTuple_GET_SIZE(result) != 4 ||
-        !PyList_Check(PyTuple_GET_ITEM(result, 3))) {
+    long long records = -1;
+    if (PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 4 &&
+        PyList_CheckExact(PyTuple_GET_ITEM(result, 3)) &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(result, 1))) {
+        records = PyLong_AsLongLong(PyTuple_GET_ITEM(result, 1));
+        PyErr_Clear(); /* too large for 64 bits: refused below like a negative count */
+    }
+    if (records < 0) {
         Py_DECREF(result);
-        PyErr_SetString(PyExc_TypeError, "the produce lane must return a 4-tuple or None");
+        PyErr_SetString(PyExc_TypeError,
+                        "the produce lane must return None or (frame, records >= 0, "
+                        "transactional id, list)");
         return -1;
     }
     if (PyList_GET_SIZE(PyTuple_GET_ITEM(result, 3)) > 0) {
         *sent = result; /* sampled records: the owner builds their spans */
         return 0;
     }
-    unsigned long long records = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(result, 1));
-    if (PyErr_Occurred()) {
-        Py_DECREF(result);
-        return -1;
-    }
     PyObject *out = PyTuple_GET_ITEM(result, 0);
     if (acks == 0 && p->expects) {
         p->expects = 0;
         self->expecting--;
     }
-    self->lane_records += records;
+    self->lane_records += (unsigned long long)records;
     self->lane_rewritten += out != frame;
     *sent = Py_NewRef(out);
     Py_DECREF(result);

@@ -248,8 +248,16 @@ class PairingCorePython:
         result = self._lane(frame, pending.api_version)
         if result is None:
             return None, None
-        if type(result) is not tuple or len(result) != 4 or type(result[3]) is not list:
-            raise TypeError("the produce lane must return a 4-tuple or None")
+        if (
+            type(result) is not tuple
+            or len(result) != 4
+            or type(result[3]) is not list
+            or type(result[1]) is not int
+            or not 0 <= result[1] < 1 << 63
+        ):
+            raise TypeError(
+                "the produce lane must return None or (frame, records >= 0, transactional id, list)"
+            )
         sent, records, _, sampled = result
         if sampled:
             return None, result

@@ -520,3 +520,361 @@ def test_produce_responses_with_state_come_walked_whatever_their_header(version:
 def test_connections_with_the_same_kind_of_interceptors_share_one_policy() -> None:
     assert hold_policy(Interceptors()) is hold_policy(Interceptors())
     assert hold_policy(Interceptors([_Tracer()])) is not hold_policy(Interceptors())
+
+
+# -- the produce lane ----------------------------------------------------------------------
+
+#: The versions the fake lanes below take (the exchange gives the decodable ones, 3..13).
+LANE_VERSIONS = (9, 11)
+LANE_ERROR = "the produce lane must return None or (frame, records >= 0, transactional id, list)"
+
+
+def _correlation_id(frame: bytes | memoryview) -> int:
+    return int(struct.unpack_from(">i", frame, 8)[0])
+
+
+class _Lane:
+    """A fake produce lane: records the frames it is given (as bytes, with their version)
+    and answers what `answer` makes of them, keeping every answer so that tests can check
+    the core passes on the very objects it returned."""
+
+    def __init__(self, answer: Callable[[bytes | memoryview, int], Any]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[bytes, int]] = []
+        self.answers: list[Any] = []
+
+    def __call__(self, frame: bytes | memoryview, api_version: int) -> Any:
+        self.calls.append((bytes(frame), api_version))
+        answer = self.answer(frame, api_version)
+        self.answers.append(answer)
+        return answer
+
+
+def _rebuilt(
+    frame: bytes | memoryview, api_version: int = 0, *, records: int = 7
+) -> tuple[bytes, int, None, list[Any]]:
+    """A lane's answer with nothing sampled: a new frame object, records passed on."""
+    return b"rebuilt %d" % _correlation_id(frame), records, None, []
+
+
+def _sampled(frame: bytes | memoryview, api_version: int = 0) -> tuple[bytes, int, str, list[Any]]:
+    """A lane's answer with a sampled partition: the owner gets it with the request."""
+    return b"sampled %d" % _correlation_id(frame), 3, "tx", [("orders", 1, 30, 40, "injected")]
+
+
+def _laned(policy: str, lane: Callable[[bytes | memoryview, int], Any]) -> tuple[Any, Any]:
+    """Both twins with the same lane function set."""
+    cores = _twins(POLICIES[policy])
+    for core in cores:
+        core.set_produce_lane(lane, LANE_VERSIONS)
+    return cores
+
+
+def _each_with_a_lane(
+    policy: str, answer: Callable[[bytes | memoryview, int], Any]
+) -> list[tuple[Any, _Lane]]:
+    """Both twins, each with its own recording lane answering alike."""
+    cores = []
+    for core in _twins(POLICIES[policy]):
+        lane = _Lane(answer)
+        core.set_produce_lane(lane, LANE_VERSIONS)
+        cores.append((core, lane))
+    return cores
+
+
+def _flat(items: list[Any]) -> bytes:
+    """Every piece's bytes in stream order, a held request by its frame."""
+    return b"".join(bytes(item[FRAME] if type(item) is tuple else item) for item in items)
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_lane_takes_only_produce_requests_of_its_versions(policy: str) -> None:
+    """Other versions and other APIs follow the rules they followed before the lane."""
+    requests = [
+        _produce(3, 1, 1),
+        _produce(9, 2, 1),
+        _request(METADATA, 9, 3),  # an API other than Produce, in the lane's versions
+        _produce(11, 4, -1),
+        _produce(13, 5, 1),
+        _produce(8, 6, 0),
+        _request(API_VERSIONS, 3, 7),
+    ]
+    results = []
+    for core, lane in _each_with_a_lane(policy, _rebuilt):
+        items, held = core.from_client(b"".join(requests))
+        assert lane.calls == [(requests[1], 9), (requests[3], 11)]
+        outside = [item[:4] for item in items if type(item) is tuple and item[1] == 0]
+        if policy == "tracing on":  # every Produce held for the interceptors, but not the lane's
+            assert outside == [(0, 0, 3, 1), (4, 0, 13, 5), (5, 0, 8, 6)]
+        else:  # read for their acks and forwarded
+            assert outside == []
+        assert lane.answers[0][0] in items and lane.answers[1][0] in items
+        results.append((_normal(items), held, core.in_flight, core.take_lane_counts()))
+    assert results[0] == results[1]
+    assert results[0][3] == (2, 14)
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(
+    "reason",
+    ["client id not ASCII", "tagged header fields", "long transactional id", "cut short"],
+)
+def test_the_lane_is_not_called_for_a_request_whose_acks_the_core_cannot_read(
+    policy: str, reason: str
+) -> None:
+    """Such a request is handed over as before, for the owner's full parse to judge."""
+    client_id = "café" if reason == "client id not ASCII" else "app"
+    transactional_id = "t" * 200 if reason == "long transactional id" else "tx"
+    data = bytearray(request_frame(_kio_produce(11, 1, transactional_id), 4, client_id))
+    if reason == "tagged header fields":
+        at = 4 + 10 + len(client_id)
+        data[at : at + 1] = b"\x01\x00\x00"  # one empty tagged field
+    body = bytes(data[4:])
+    if reason == "cut short":
+        body = body[:17]
+    for core, lane in _each_with_a_lane(policy, _rebuilt):
+        items, held = core.from_client(frame(body))
+        assert lane.calls == []
+        assert held == 1 and _normal(items) == [(0, 0, 11, 4, frame(body), None)]
+        assert core.take_lane_counts() == (0, 0)
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_request_with_nothing_sampled_goes_out_as_the_lane_rebuilt_it(policy: str) -> None:
+    """Forwarded in stream order, not handed over; the counts are taken once."""
+    requests = [
+        _request(METADATA, 12, 1, b"m" * 9),
+        _produce(11, 2, 1),
+        _request(METADATA, 12, 3),
+        _produce(9, 4, -1),
+    ]
+    results = []
+    for core in _twins(POLICIES[policy]):
+        lane = _Lane(lambda frame, _: _rebuilt(frame, records=_correlation_id(frame) * 10))
+        core.set_produce_lane(lane, LANE_VERSIONS)
+        items, held = core.from_client(b"".join(requests))
+        assert held == 0 and not any(type(item) is tuple for item in items)
+        assert _flat(items) == requests[0] + b"rebuilt 2" + requests[2] + b"rebuilt 4"
+        assert any(item is lane.answers[0][0] for item in items), "the lane's own object"
+        assert any(item is lane.answers[1][0] for item in items)
+        assert core.in_flight == 4
+        assert core.take_lane_counts() == (2, 60)
+        assert core.take_lane_counts() == (0, 0), "reset when taken"
+        items, held = core.from_server(b"".join(_response(i) for i in range(1, 5)))
+        assert core.in_flight == 0
+        results.append((_normal(items), held, _stats(core)))
+    assert results[0] == results[1]
+    stats = results[0][2]
+    assert stats[0][:3] == (2, len(requests[1]) + len(requests[3]), 2 * len(_response(2)))
+
+
+@compiled
+def test_a_lane_that_sends_the_frame_it_was_given_is_not_counted_as_rewriting() -> None:
+    """Only a new frame object counts as a rewritten request; its records count still."""
+    given = []
+
+    def same_or_new(frame: bytes | memoryview, version: int) -> Any:
+        given.append(frame)
+        if _correlation_id(frame) == 1:
+            return frame, 5, None, []
+        return _rebuilt(frame, records=2)
+
+    for core in _laned("tracing on", same_or_new):
+        given.clear()
+        items, held = core.from_client(_produce(11, 1, 1))
+        assert held == 0 and len(items) == 1 and items[0] is given[0]
+        assert core.take_lane_counts() == (0, 5)
+        core.from_client(_produce(11, 2, 1) + _produce(9, 3, 1))
+        assert core.take_lane_counts() == (2, 4)
+
+
+@compiled
+@pytest.mark.parametrize("version", [9, 11])
+def test_acks_zero_requests_the_lane_sends_expect_no_response(version: int) -> None:
+    """The core forgets them itself: the next response pairs with the next request."""
+    for core in _laned("tracing on", _Lane(_rebuilt)):
+        items, held = core.from_client(_produce(version, 1, 0) + _produce(version, 2, 1))
+        assert held == 0 and core.in_flight == 1
+        assert _flat(items) == b"rebuilt 1rebuilt 2"
+        core.from_server(_response(2))
+        assert core.in_flight == 0
+        core.from_client(_produce(version, 3, 0))
+        assert core.in_flight == 0
+        core.from_client(_request(METADATA, 12, 4))
+        core.from_server(_response(4))  # would be refused were request 3 still awaited
+        assert core.in_flight == 0
+
+
+@compiled
+def test_an_acks_zero_request_with_sampled_records_is_left_for_the_owner_to_forget() -> None:
+    """Held: the owner reads the lane's result, then forgets it (as the exchange does)."""
+    for core in _laned("tracing off", _Lane(_sampled)):
+        ((seq, *_, result),), held = core.from_client(_produce(11, 1, 0))
+        assert held == 1 and result[3] and core.in_flight == 1
+        core.forget(seq)
+        core.from_client(_request(METADATA, 12, 2))
+        core.from_server(_response(2))
+        assert core.in_flight == 0
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_request_with_sampled_records_is_held_with_the_lanes_result(policy: str) -> None:
+    """The lane's result is the sixth item; attach and pairing work as for any held request."""
+    request = _produce(11, 5, 1)
+    results = []
+    for core in _twins(POLICIES[policy]):
+        lane = _Lane(_sampled)
+        core.set_produce_lane(lane, LANE_VERSIONS)
+        items, held = core.from_client(_request(METADATA, 12, 4) + request)
+        assert held == 1 and type(items[-1]) is tuple
+        seq, key, version, correlation_id, sent, result = items[-1]
+        assert (key, version, correlation_id, bytes(sent)) == (0, 11, 5, request)
+        assert result is lane.answers[0], "the lane's result as it returned it"
+        assert core.take_lane_counts() == (0, 0), "the owner counts what it is handed"
+        core.attach(seq, ["state"])
+        core.from_server(_response(4))
+        (response,), held = core.from_server(_response(5))
+        assert held == 1 and response[:4] == (0, 11, 5, ["state"])
+        assert core.in_flight == 0
+        results.append(_normal(items))
+    assert results[0] == results[1]
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_declined_request_is_held_with_none(policy: str) -> None:
+    """None from the lane: the owner's general path takes the request."""
+    for core in _laned(policy, lambda frame, version: None):
+        ((_, key, version, correlation_id, sent, result),), held = core.from_client(
+            _produce(9, 3, -1)
+        )
+        assert held == 1 and (key, version, correlation_id, result) == (0, 9, 3, None)
+        assert bytes(sent) == _produce(9, 3, -1)
+        assert core.in_flight == 1 and core.take_lane_counts() == (0, 0)
+
+
+class _FourFields(tuple):
+    """A tuple subclass of the right length: a lane must return a plain tuple."""
+
+
+@compiled
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [b"x", 1, None, []],
+        (b"x", 1, None),
+        (b"x", 1, None, [], "extra"),
+        (b"x", 1, None, ()),
+        (b"x", 1, None, None),
+        (b"x", -1, None, []),
+        (b"x", 1 << 64, None, []),
+        (b"x", 1.0, None, []),
+        _FourFields((b"x", 1, None, [])),
+        "a string",
+        0,
+    ],
+    ids=[
+        "list",
+        "3-tuple",
+        "5-tuple",
+        "tuple of partitions",
+        "no partitions",
+        "negative records",
+        "records past 64 bits",
+        "float records",
+        "tuple subclass",
+        "str",
+        "int",
+    ],
+)
+def test_a_lane_returning_anything_else_is_a_type_error(answer: Any) -> None:
+    for core in _laned("tracing on", lambda frame, version: answer):
+        with pytest.raises(TypeError) as raised:
+            core.from_client(_produce(11, 1, 1))
+        assert str(raised.value) == LANE_ERROR
+
+
+@compiled
+def test_an_error_raised_by_the_lane_reaches_the_caller() -> None:
+    def failing(frame: bytes | memoryview, version: int) -> Any:
+        raise ValueError("lane broke")
+
+    for core in _laned("tracing off", failing):
+        with pytest.raises(ValueError, match="lane broke"):
+            core.from_client(_produce(11, 1, 1))
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+def test_setting_the_lane_to_none_switches_it_off(policy: str) -> None:
+    lane = _Lane(_rebuilt)
+    for core in _laned(policy, lane):
+        core.set_produce_lane(None, LANE_VERSIONS)
+        items, held = core.from_client(_produce(11, 1, 1) + _produce(9, 2, 0))
+        assert held == (2 if policy == "tracing on" else 0), "as without a lane"
+        assert all(item[5] is None for item in items if type(item) is tuple)
+        assert _flat(items) == _produce(11, 1, 1) + _produce(9, 2, 0)
+        assert core.take_lane_counts() == (0, 0)
+    assert lane.calls == []
+
+
+def _mixed_lane(frame: bytes | memoryview, version: int) -> Any:
+    """Sampled, rebuilt or declined, by correlation id: a lane that does all three."""
+    kind = _correlation_id(frame) % 3
+    if kind == 0:
+        return _sampled(frame)
+    return _rebuilt(frame, records=version) if kind == 1 else None
+
+
+def _lane_conversation(rng: random.Random, count: int) -> tuple[list[bytes], list[bytes]]:
+    """Produce requests of several versions and acks among other requests; the responses."""
+    requests, responses = [], []
+    for correlation_id in range(1, count + 1):
+        if rng.randrange(3):
+            acks = rng.choice([0, 1, -1])
+            requests.append(_produce(rng.choice([3, 9, 10, 11, 13]), correlation_id, acks))
+            if acks == 0:
+                continue
+        else:
+            requests.append(_request(METADATA, 12, correlation_id, b"x" * rng.randrange(40)))
+        responses.append(_response(correlation_id, b"\x00" * rng.randrange(2, 30)))
+    return requests, responses
+
+
+@compiled
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("seed", range(25))
+def test_requests_split_across_reads_reach_the_lane_whole(policy: str, seed: int) -> None:
+    """However the reads cut the stream, both twins give the lane the same whole frames and
+    put out the same pieces, in stream order."""
+    rng = random.Random(seed)
+    requests, responses = _lane_conversation(rng, rng.randrange(1, 20))
+    reads = _cut(b"".join(requests), rng, rng.randrange(0, 15))
+    response_reads = _cut(b"".join(responses), rng, rng.randrange(0, 6))
+    results = []
+    for core in _twins(POLICIES[policy]):
+        lane = _Lane(_mixed_lane)
+        core.set_produce_lane(lane, LANE_VERSIONS)
+        seen = [_feed(core, "from_client", data) for data in reads]
+        counts = core.take_lane_counts()
+        seen += [_feed(core, "from_server", data) for data in response_reads]
+        results.append((seen, lane.calls, counts, _stats(core), core.in_flight))
+        laned = [
+            request
+            for request in requests
+            if request[4:6] == b"\x00\x00" and 9 <= struct.unpack_from(">h", request, 6)[0] <= 11
+        ]
+        assert [frame for frame, _ in lane.calls] == laned, "whole, once each, in order"
+        expected = b"".join(
+            _rebuilt(request)[0]
+            if request in laned and _correlation_id(request) % 3 == 1
+            else request
+            for request in requests
+        )
+        assert b"".join(_flat(result[0]) for result in seen[: len(reads)]) == expected
+    assert results[0] == results[1]
+    assert results[0][-1] == 0, "every request that expects a response got it"
