@@ -467,11 +467,19 @@ response_untagged(PyObject *program, const unsigned char *frame, Py_ssize_t size
 
 /* A Produce request through the lane (its acks read): 1 when it goes out as the lane rebuilt it,
  * with *sent the frame to send; 0 when it is handed to the owner, with *sent the lane's result
- * (a new reference) or None; -1 on an error. */
+ * (a new reference) or None; -1 on an error. The lane is the owner's code: it may call back
+ * into the core, so nothing is kept across the call but the request's seq. */
 static int
-take_by_lane(PairingCore *self, Pending *p, int acks, PyObject *frame, PyObject **sent)
+take_by_lane(PairingCore *self, long long seq, int api_version, int acks, PyObject *frame,
+             PyObject **sent)
 {
-    PyObject *result = PyObject_CallFunction(self->lane, "Oi", frame, (int)p->api_version);
+    if (self->lane == NULL) { /* removed while the frame came in: the owner judges it */
+        *sent = Py_NewRef(Py_None);
+        return 0;
+    }
+    PyObject *lane = Py_NewRef(self->lane);
+    PyObject *result = PyObject_CallFunction(lane, "Oi", frame, api_version);
+    Py_DECREF(lane);
     if (result == NULL) {
         return -1;
     }
@@ -481,6 +489,8 @@ take_by_lane(PairingCore *self, Pending *p, int acks, PyObject *frame, PyObject 
     }
     long long records = -1;
     if (PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 4 &&
+        (PyBytes_CheckExact(PyTuple_GET_ITEM(result, 0)) ||
+         PyMemoryView_Check(PyTuple_GET_ITEM(result, 0))) &&
         PyList_CheckExact(PyTuple_GET_ITEM(result, 3)) &&
         PyLong_CheckExact(PyTuple_GET_ITEM(result, 1))) {
         records = PyLong_AsLongLong(PyTuple_GET_ITEM(result, 1));
@@ -496,6 +506,11 @@ take_by_lane(PairingCore *self, Pending *p, int acks, PyObject *frame, PyObject 
     if (PyList_GET_SIZE(PyTuple_GET_ITEM(result, 3)) > 0) {
         *sent = result; /* sampled records: the owner builds their spans */
         return 0;
+    }
+    Pending *p = pending_by_seq(self, seq);
+    if (p == NULL) {
+        Py_DECREF(result);
+        return -1;
     }
     PyObject *out = PyTuple_GET_ITEM(result, 0);
     if (acks == 0 && p->expects) {
@@ -537,10 +552,16 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
                                          b.len - SIZE_PREFIX, p->api_version);
             PyBuffer_Release(&b);
             if (acks != ACKS_UNREAD && take == TAKE_LANE) {
-                int taken = take_by_lane(self, p, acks, frame, &lane_result);
+                int taken = take_by_lane(self, seq, p->api_version, acks, frame, &lane_result);
                 if (taken != 0) {
                     Py_DECREF(frame);
                     return taken < 0 ? -1 : append_new(feed->out, lane_result);
+                }
+                p = pending_by_seq(self, seq); /* the lane may have moved the ring */
+                if (p == NULL) {
+                    Py_DECREF(frame);
+                    Py_DECREF(lane_result);
+                    return -1;
                 }
             }
             else if (acks != ACKS_UNREAD) {

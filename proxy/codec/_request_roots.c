@@ -315,28 +315,23 @@ inject_request_roots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "inject_request_roots takes 7 arguments");
         return NULL;
     }
+    PyObject *result = NULL;
     Py_ssize_t max_batch_bytes = PyLong_AsSsize_t(args[4]);
     long api_version = PyLong_AsLong(args[6]);
-    if (api_version == -1 && PyErr_Occurred()) {
-        return NULL;
+    if (PyErr_Occurred()) {
+        /* not ints, or too large: declined below, as the twin declines what it cannot use */
     }
-    if (max_batch_bytes == -1 && PyErr_Occurred()) {
-        return NULL;
+    else if (api_version < INT16_MIN || api_version > INT16_MAX || !PyDict_Check(args[0])) {
+        result = Py_NewRef(Py_None); /* no Produce version, or no programs: nothing to walk */
     }
-    if (api_version < INT16_MIN || api_version > INT16_MAX) {
-        return Py_NewRef(Py_None); /* no Produce version: no program */
+    else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[5], &view, PyBUF_SIMPLE) == 0) {
+            result = request_roots(args[0], args[1], args[2], args[3], max_batch_bytes, args[5],
+                                   view.buf, view.len, (int)api_version);
+            PyBuffer_Release(&view);
+        }
     }
-    if (!PyDict_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "inject_request_roots: programs must be a dict");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[5], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    PyObject *result = request_roots(args[0], args[1], args[2], args[3], max_batch_bytes,
-                                     args[5], view.buf, view.len, (int)api_version);
-    PyBuffer_Release(&view);
     if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
         /* Declined: the general path meets the same problem and says what it is. */
         PyErr_Clear();

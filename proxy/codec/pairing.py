@@ -243,7 +243,8 @@ class PairingCorePython:
         """(the frame to send, None) when the lane rebuilt the request with no sampled record;
         else (None, what the owner gets with the request: the lane's result, or None when the
         lane declined)."""
-        assert self._lane is not None
+        if self._lane is None:  # removed while the frame came in: the owner judges it
+            return None, None
         pending = self._pending[seq - self._first_seq]
         result = self._lane(frame, pending.api_version)
         if result is None:
@@ -251,6 +252,7 @@ class PairingCorePython:
         if (
             type(result) is not tuple
             or len(result) != 4
+            or type(result[0]) not in (bytes, memoryview)
             or type(result[3]) is not list
             or type(result[1]) is not int
             or not 0 <= result[1] < 1 << 63

@@ -770,6 +770,8 @@ class _FourFields(tuple):
         (b"x", 1, None, [], "extra"),
         (b"x", 1, None, ()),
         (b"x", 1, None, None),
+        (None, 0, None, []),
+        ("frame", 0, None, []),
         (b"x", -1, None, []),
         (b"x", 1 << 64, None, []),
         (b"x", 1.0, None, []),
@@ -783,6 +785,8 @@ class _FourFields(tuple):
         "5-tuple",
         "tuple of partitions",
         "no partitions",
+        "no frame",
+        "str frame",
         "negative records",
         "records past 64 bits",
         "float records",
@@ -878,3 +882,63 @@ def test_requests_split_across_reads_reach_the_lane_whole(policy: str, seed: int
         assert b"".join(_flat(result[0]) for result in seen[: len(reads)]) == expected
     assert results[0] == results[1]
     assert results[0][-1] == 0, "every request that expects a response got it"
+
+
+@compiled
+def test_a_lane_removed_while_a_request_comes_in_leaves_it_to_the_owner() -> None:
+    """A request classified for the lane whose last bytes arrive after the lane was removed
+    is handed over, unread, as any request the lane declines."""
+    request = _produce(11, 1, 1)
+    outcomes = []
+    for core, lane in _each_with_a_lane("tracing on", _rebuilt):
+        core.from_client(request[:12])
+        core.set_produce_lane(None, LANE_VERSIONS)
+        items, held = core.from_client(request[12:])
+        assert held == 1
+        assert lane.calls == []
+        outcomes.append(_normal(items))
+    assert outcomes[0] == outcomes[1]
+    ((_, key, version, correlation_id, sent, lane_result),) = outcomes[0]
+    assert (key, version, correlation_id, sent, lane_result) == (0, 11, 1, request, None)
+
+
+@compiled
+@pytest.mark.parametrize("answer", ["declined", "rebuilt", "sampled"])
+def test_a_lane_that_calls_back_into_the_core_is_safe(answer: str) -> None:
+    """The lane is the owner's code: while it runs, the core may be fed more requests (its
+    ring of pending requests grows and moves) or lose its lane; the request in hand is still
+    answered from its own entry, and both twins agree."""
+    outcomes = []
+    for core in _twins(POLICIES["tracing on"]):
+        inner: list[Any] = []
+
+        def lane(
+            frame: bytes | memoryview, version: int, core: Any = core, inner: list[Any] = inner
+        ) -> Any:
+            if not inner:
+                # Enough requests to make the ring grow, then the lane goes away.
+                inner.append(
+                    core.from_client(b"".join(_request(METADATA, 12, 100 + i) for i in range(40)))
+                )
+                core.set_produce_lane(None, LANE_VERSIONS)
+            return {"declined": None, "rebuilt": _rebuilt(frame), "sampled": _sampled(frame)}[
+                answer
+            ]
+
+        core.set_produce_lane(lane, LANE_VERSIONS)
+        items, held = core.from_client(_produce(11, 1, 0))
+        outcomes.append((_normal(items), held, core.in_flight, _normal(inner[0][0])))
+        # The next produce request is no longer the lane's.
+        later, _ = core.from_client(_produce(11, 2, 1))
+        assert [item[5] for item in later if type(item) is tuple] == [None]
+    assert outcomes[0] == outcomes[1]
+    items, held, in_flight, _ = outcomes[0]
+    if answer == "rebuilt":
+        assert (items, held) == ([b"rebuilt 1"], 0)
+        assert in_flight == 40, "the acks=0 request was forgotten, the 40 others wait"
+    else:
+        ((seq, key, version, correlation_id, _, lane_result),) = items
+        assert (seq, key, version, correlation_id) == (0, 0, 11, 1)
+        assert lane_result == (
+            None if answer == "declined" else _normal([_sampled(_produce(11, 1, 0))])[0]
+        )
