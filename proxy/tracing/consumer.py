@@ -115,6 +115,26 @@ def _visible_records(fetched: FetchedPartition) -> Iterator[RecordView]:
         yield from BatchView(view[header.start : header.end]).records()
 
 
+def _receive_attributes(
+    ctx: ConnectionContext, topic: str, partition: int
+) -> dict[str, str | int | bool]:
+    """The attributes every `receive` span of one fetched partition shares."""
+    common: dict[str, str | int | bool] = {
+        messaging.MESSAGING_SYSTEM: "kafka",
+        messaging.MESSAGING_OPERATION_TYPE: "receive",
+        messaging.MESSAGING_OPERATION_NAME: "poll",
+        messaging.MESSAGING_DESTINATION_NAME: topic,
+        messaging.MESSAGING_DESTINATION_PARTITION_ID: str(partition),
+        server_attributes.SERVER_ADDRESS: ctx.broker.host,
+        server_attributes.SERVER_PORT: ctx.broker.port,
+    }
+    if ctx.group_id:
+        common[messaging.MESSAGING_CONSUMER_GROUP_NAME] = ctx.group_id
+    if ctx.client_id:
+        common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
+    return common
+
+
 class FetchTracer:
     """Fetch interceptor: extract record contexts and record `receive {topic}` spans."""
 
@@ -143,19 +163,8 @@ class FetchTracer:
         owner = ctx.group_id or ctx.client_id or f"connection-{ctx.connection_id}"
         key = (owner, topic, fetched.partition)
         high = self._delivered.high(key)
-        common: dict[str, str | int | bool] = {
-            messaging.MESSAGING_SYSTEM: "kafka",
-            messaging.MESSAGING_OPERATION_TYPE: "receive",
-            messaging.MESSAGING_OPERATION_NAME: "poll",
-            messaging.MESSAGING_DESTINATION_NAME: topic,
-            messaging.MESSAGING_DESTINATION_PARTITION_ID: str(fetched.partition),
-            server_attributes.SERVER_ADDRESS: ctx.broker.host,
-            server_attributes.SERVER_PORT: ctx.broker.port,
-        }
-        if ctx.group_id:
-            common[messaging.MESSAGING_CONSUMER_GROUP_NAME] = ctx.group_id
-        if ctx.client_id:
-            common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
+        # Built with the first span: most responses at low sampling rates have none.
+        common: dict[str, str | int | bool] | None = None
         name = f"receive {topic}"
         links: list[Link] = []
         highest = high
@@ -188,6 +197,8 @@ class FetchTracer:
                 if len(links) < MAX_LINKS:
                     links.append(Link(context.span_context()))
                 continue
+            if common is None:
+                common = _receive_attributes(ctx, topic, fetched.partition)
             attributes = dict(common)
             attributes[messaging.MESSAGING_KAFKA_OFFSET] = record.offset
             attributes[AGE_ATTRIBUTE] = max(now_ms - record.timestamp, 0)
@@ -210,7 +221,7 @@ class FetchTracer:
                 )
             )
         if links:
-            attributes = dict(common)
+            attributes = _receive_attributes(ctx, topic, fetched.partition)
             attributes[messaging.MESSAGING_BATCH_MESSAGE_COUNT] = len(links)
             core.pipeline.submit(
                 finished_span(
