@@ -35,7 +35,7 @@ from .errors import FrameTooLarge, ProtocolError
 from .framing import Forward, FrameScanner
 from .guard import Program, walk
 from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id, peek_request
-from .produce import produce_acks
+from .produce import plain_header_size, produce_acks
 
 PRODUCE = 0
 #: Produce requests use header v2 (flexible) from this version on.
@@ -371,23 +371,11 @@ def read_produce_acks(body: memoryview, api_version: int) -> int | None:
     """The acks of a Produce request body (header included), or None when anything about it
     is unusual (a client id that is not plain ASCII, tagged header fields, a cut body): the
     owner's full parse then judges it, with its own error messages."""
-    if len(body) < 10:
-        return None
-    length = _INT16.unpack_from(body, 8)[0]
-    offset = 10
-    if length >= 0:
-        client_id = body[offset : offset + length]
-        if len(client_id) != length or not client_id.tobytes().isascii():
-            return None
-        offset += length
-    elif length != -1:
-        return None
-    if api_version >= PRODUCE_FLEXIBLE_FROM:
-        if offset >= len(body) or body[offset] != 0:
-            return None  # tagged header fields: left to the full parse
-        offset += 1
-        if offset < len(body) and body[offset] & 0x80:
-            return None  # a transactional id of 127 bytes or more: left to the full parse
+    offset = plain_header_size(body, api_version)
+    if offset is None:
+        return None  # a client id that is not plain ASCII, or tagged header fields
+    if api_version >= PRODUCE_FLEXIBLE_FROM and offset < len(body) and body[offset] & 0x80:
+        return None  # a transactional id of 127 bytes or more: left to the full parse
     if api_version < PRODUCE_TRANSACTIONAL_ID_FROM:  # acks come first
         return int(_INT16.unpack_from(body, offset)[0]) if offset + 2 <= len(body) else None
     try:

@@ -41,6 +41,27 @@ def produce_acks(body: bytes | memoryview, header_size: int, api_version: int) -
     return acks
 
 
+def plain_header_size(body: bytes | memoryview, api_version: int) -> int | None:
+    """The size of a Produce request's header when it is plain: a client id of ASCII (or null)
+    and, in flexible versions, no tagged fields. None for any other header, which only the full
+    parse (with its own error messages) may judge."""
+    if len(body) < 10:
+        return None
+    length = _INT16.unpack_from(body, 8)[0]
+    offset = 10
+    if length >= 0:
+        if length > len(body) - offset or not bytes(body[offset : offset + length]).isascii():
+            return None
+        offset += length
+    elif length != -1:
+        return None
+    if api_version >= FLEXIBLE_FROM:
+        if offset >= len(body) or body[offset] != 0:
+            return None
+        offset += 1
+    return offset
+
+
 class PartitionRecords(NamedTuple):
     """One partition of a Produce request (a named tuple: made for every partition of every
     traced request)."""

@@ -25,9 +25,9 @@ from ..codec.produce import (
     CAPTURED_PARTITION,
     CAPTURED_TOPIC,
     CAPTURED_TRANSACTIONAL_ID,
-    FLEXIBLE_FROM,
     TOPIC_IDS_FROM,
     locate_request_partitions,
+    plain_header_size,
     splice_located,
 )
 from ..codec.records import (
@@ -53,7 +53,6 @@ _HEADER = struct.Struct(">qi")
 _COUNT = struct.Struct(">i")
 _CRC = struct.Struct(">I")
 
-_INT16 = struct.Struct(">h")
 _SIZE_PREFIX = 4
 
 #: (new batch, record count, [(index, trace id, span id, record start)] of the sampled records,
@@ -142,53 +141,41 @@ def inject_request_roots_python(
     a request the layout walk cannot read to its end, or any partition `inject_roots` declines.
     Errors are declined too: the general path meets them again and says what they are."""
     try:
-        return _request_roots(programs, draw, threshold, crc, max_batch_bytes, frame, api_version)
+        body = memoryview(frame)[_SIZE_PREFIX:]
+        header_size = plain_header_size(body, api_version)
+        if header_size is None or api_version not in programs:
+            return None
+        if not _plain_names(programs[api_version], body, header_size, api_version):
+            return None
+        layout = locate_request_partitions(body, header_size, api_version)
+        if layout is None:
+            return None
+        replacements: dict[tuple[int, int], bytes] = {}
+        parts: list[LanePartition] = []
+        records = 0
+        for located, (_, end) in zip(layout.partitions, layout.fields, strict=True):
+            if located.records is None:
+                continue
+            injected = inject_roots_python(located.records, draw, threshold, crc, max_batch_bytes)
+            if injected is None:
+                return None
+            replacements[(located.topic_index, located.partition_index)] = injected[0]
+            if not injected[2]:
+                records += injected[1]
+                continue
+            topic = located.topic
+            if topic is None:  # named by id: as the request carries it
+                topic = located.topic_id.bytes if located.topic_id is not None else bytes(16)
+            start = _SIZE_PREFIX + end - len(located.records)
+            parts.append((topic, located.partition, start, _SIZE_PREFIX + end, injected))
+        if not replacements:
+            return frame, records, None, parts
+        spliced = splice_located(body, layout, api_version, replacements)
+        if len(spliced) - _SIZE_PREFIX > 0x7FFFFFFF:
+            return None
+        return spliced, records, layout.transactional_id if parts else None, parts
     except Exception:
         return None
-
-
-def _request_roots(
-    programs: dict[int, Program],
-    draw: Callable[[int], bytes],
-    threshold: bytes | None,
-    crc: Callable[..., int],
-    max_batch_bytes: int,
-    frame: bytes | memoryview,
-    api_version: int,
-) -> LaneResult | None:
-    body = memoryview(frame)[_SIZE_PREFIX:]
-    header_size = _plain_header_size(body, api_version)
-    if header_size is None or api_version not in programs:
-        return None
-    if not _plain_names(programs[api_version], body, header_size, api_version):
-        return None
-    layout = locate_request_partitions(body, header_size, api_version)
-    if layout is None:
-        return None
-    replacements: dict[tuple[int, int], bytes] = {}
-    parts: list[LanePartition] = []
-    records = 0
-    for located, (_, end) in zip(layout.partitions, layout.fields, strict=True):
-        if located.records is None:
-            continue
-        injected = inject_roots_python(located.records, draw, threshold, crc, max_batch_bytes)
-        if injected is None:
-            return None
-        replacements[(located.topic_index, located.partition_index)] = injected[0]
-        if not injected[2]:
-            records += injected[1]
-            continue
-        topic = located.topic
-        if topic is None:  # named by id: as the request carries it
-            topic = located.topic_id.bytes if located.topic_id is not None else bytes(16)
-        start = _SIZE_PREFIX + end - len(located.records)
-        parts.append((topic, located.partition, start, _SIZE_PREFIX + end, injected))
-    if not replacements:
-        return frame, records, None, parts
-    spliced = splice_located(body, layout, api_version, replacements)
-    if len(spliced) - _SIZE_PREFIX > 0x7FFFFFFF:
-        return None
-    return spliced, records, layout.transactional_id if parts else None, parts
 
 
 def _plain_names(program: Program, body: memoryview, header_size: int, api_version: int) -> bool:
@@ -210,26 +197,6 @@ def _plain_names(program: Program, body: memoryview, header_size: int, api_versi
         if kind == CAPTURED_PARTITION and end - start != 4:
             return False
     return True
-
-
-def _plain_header_size(body: memoryview, api_version: int) -> int | None:
-    """The size of a request header with a plain ASCII client id and, in flexible versions, no
-    tagged fields; None for any other header."""
-    if len(body) < 10:
-        return None
-    length = _INT16.unpack_from(body, 8)[0]
-    offset = 10
-    if length >= 0:
-        if length > len(body) - offset or not bytes(body[offset : offset + length]).isascii():
-            return None
-        offset += length
-    elif length != -1:
-        return None
-    if api_version >= FLEXIBLE_FROM:
-        if offset >= len(body) or body[offset] != 0:
-            return None
-        offset += 1
-    return offset
 
 
 #: The request lane the pairing core runs: the compiled twin when the extension is built.
