@@ -15,12 +15,14 @@ setup(
                 "proxy/codec/_schema_walk.c",
                 "proxy/codec/_pairing.c",
                 "proxy/codec/_request_roots.c",
+                "proxy/codec/_fetch_skim.c",
             ],
             depends=[
                 "proxy/codec/_schema_walk.h",
                 "proxy/codec/_pairing.h",
                 "proxy/codec/_roots.h",
                 "proxy/codec/_request_roots.h",
+                "proxy/codec/_fetch_skim.h",
             ],
             optional=True,
         )

@@ -40,7 +40,7 @@ from .codec.fetch import FetchedRecords, iter_fetched_partitions, locate_fetched
 from .codec.framing import SIZE_PREFIX
 from .codec.framing import frame as frame_of
 from .codec.guard import captured_uuid, program
-from .codec.headers import parse_request_header
+from .codec.headers import parse_request_header, response_header_size
 from .codec.messages import (
     decode_request,
     decode_response,
@@ -64,6 +64,8 @@ from .interceptors import (
     ProducePartition,
     ProduceResult,
     RequestLaneInterceptor,
+    SkimmedFetch,
+    SkimmingFetchInterceptor,
 )
 from .metrics import LATENCY_BUCKETS, BoundCounter, BoundHistogram, Metrics
 
@@ -489,12 +491,49 @@ class KafkaExchange:
 
     def _locate_fetched(self, version: int, body: memoryview, hook: Callable[[Any], None]) -> None:
         """Hand an already forwarded Fetch response's records to the interceptors as views of
-        the frame, found by the guard's walk; a response the walk cannot read is decoded."""
+        the frame, found by the guard's walk; a response the walk cannot read is decoded. When
+        the only fetch interceptor skims, a response with nothing for it to read gets one
+        compiled skim and the interceptor only its figures."""
+        skimming = self._interceptors.fetch_skim
+        if skimming is not None and self._skim_fetched(skimming, version, body):
+            return
         partitions = locate_fetched_partitions(body, version)
         if partitions is None:
             self._decode_for(ApiKey.FETCH, version, body, hook)
         else:
             self._deliver_fetch(partitions)
+
+    def _skim_fetched(
+        self, skimming: SkimmingFetchInterceptor, version: int, body: memoryview
+    ) -> bool:
+        """Whether the response's records were all skimmed, with nothing to read."""
+        try:
+            header_size = response_header_size(body, ApiKey.FETCH, version)
+        except ProtocolError:
+            return False
+        skimmed = skimming.skim_fetch_response(body, header_size, version)
+        if skimmed is None:
+            return False
+        self._learn_group()
+        partitions: list[SkimmedFetch] = []
+        for topic, partition, highest, count in skimmed:
+            if type(topic) is bytes:
+                topic_id = captured_uuid(topic)
+                topic = self._topics.name(topic_id) or str(topic_id)
+            partitions.append((topic, partition, highest, count))
+        try:
+            skimming.on_fetch_skimmed(self.context, partitions)
+        except Exception:
+            self._metrics.inc("interceptor_errors", hook="on_fetch_skimmed")
+            log.exception("interceptor failed on a skimmed fetch response")
+        return True
+
+    def _learn_group(self) -> None:
+        """A consumer connection's group, once another connection of its client named it."""
+        if self.context.group_id is None:
+            self.context.group_id = self._groups.lookup(self.context.client_id)
+            if self.context.group_id is not None:
+                self._stop_holding_group_requests()
 
     def _decode_for(
         self, key: int, version: int, body: memoryview, hook: Callable[[Any], None]
@@ -544,10 +583,7 @@ class KafkaExchange:
                 log.exception("interceptor failed on a produce response")
 
     def _deliver_fetch(self, partitions: Iterable[FetchedRecords]) -> None:
-        if self.context.group_id is None:
-            self.context.group_id = self._groups.lookup(self.context.client_id)
-            if self.context.group_id is not None:
-                self._stop_holding_group_requests()
+        self._learn_group()
         for located in partitions:
             fetched = FetchedPartition(
                 topic=located.topic or self._topics.name(located.topic_id),

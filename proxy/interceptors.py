@@ -262,6 +262,33 @@ class FetchInterceptor(Protocol):
         """A Fetch response's partition was forwarded to the client (it already has the bytes)."""
 
 
+#: A skimmed Fetch response's partition: (topic, partition, highest offset delivered or -1, how
+#: many records went by).
+SkimmedFetch = tuple[str, int, int, int]
+
+
+@runtime_checkable
+class SkimmingFetchInterceptor(FetchInterceptor, Protocol):
+    """A fetch interceptor with nothing to do for records without a sampled context (tracing
+    with W3C propagation and parent-based sampling): the framework may skim a whole Fetch
+    response in one compiled call and, when no record may carry such a context, hand it only
+    the figures of each partition. It uses that when this is the only fetch interceptor;
+    responses with something to read still go to `on_fetch_response`."""
+
+    def skims_fetch_responses(self) -> bool:
+        """Whether, in this configuration, records without a sampled context need nothing."""
+
+    def skim_fetch_response(
+        self, body: memoryview, offset: int, api_version: int
+    ) -> list[tuple[str | bytes, int, int, int]] | None:
+        """Per partition of the response whose message starts at `offset` in `body`: (topic
+        name, or raw topic id from v13 on, partition, highest offset, record count), when no
+        record needs reading; None when some does, or for anything unusual (never raises)."""
+
+    def on_fetch_skimmed(self, ctx: ConnectionContext, partitions: list[SkimmedFetch]) -> None:
+        """A Fetch response was forwarded and no record of it may carry a sampled context."""
+
+
 class Interceptors:
     """The registered interceptors, grouped by the hooks they implement."""
 
@@ -277,5 +304,14 @@ class Interceptors:
         self.lane: RequestLaneInterceptor | None = (
             self.produce[0]
             if len(self.produce) == 1 and isinstance(self.produce[0], RequestLaneInterceptor)
+            else None
+        )
+        #: The fetch interceptor the framework skims whole responses for: the only one, if it
+        #: can take them.
+        self.fetch_skim: SkimmingFetchInterceptor | None = (
+            self.fetch[0]
+            if len(self.fetch) == 1
+            and isinstance(self.fetch[0], SkimmingFetchInterceptor)
+            and self.fetch[0].skims_fetch_responses()
             else None
         )

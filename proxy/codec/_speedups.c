@@ -12,6 +12,8 @@
  *   inject_roots                   proxy/tracing/roots.py        (contexts into a whole batch)
  *   inject_request_roots           proxy/tracing/roots.py        (in _request_roots.c: the same
  *                                                                 for a whole Produce request)
+ *   skim_fetch_response            proxy/tracing/skim.py         (in _fetch_skim.c: the skim of
+ *                                                                 a whole Fetch response)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
  *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
@@ -31,6 +33,7 @@
 #include "_pairing.h"
 #include "_request_roots.h"
 #include "_roots.h"
+#include "_fetch_skim.h"
 #include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
@@ -482,15 +485,9 @@ PyDoc_STRVAR(skim_batches_doc,
 "skim_batches(records) -> (highest_offset, record_count, wanted)\n\n"
 "A partition's data batches skimmed for records that may carry a sampled traceparent.");
 
-static PyObject *
-skim_batches(PyObject *module, PyObject *args)
+PyObject *
+skim_batches_in(const unsigned char *data, Py_ssize_t total)
 {
-    Py_buffer view;
-    if (!PyArg_ParseTuple(args, "y*", &view)) {
-        return NULL;
-    }
-    const unsigned char *data = view.buf;
-    const Py_ssize_t total = view.len;
     /* The highest base offset + last offset delta, kept exact: a peer's int64s may overflow. */
     __int128 highest = -1;
     int64_t highest_base = -1, highest_delta = 0;
@@ -568,7 +565,6 @@ skim_batches(PyObject *module, PyObject *args)
         }
         pos = end;
     }
-    PyBuffer_Release(&view);
     PyObject *highest_obj;
     if (highest >= INT64_MIN && highest <= INT64_MAX) {
         highest_obj = PyLong_FromLongLong((long long)highest);
@@ -589,8 +585,20 @@ skim_batches(PyObject *module, PyObject *args)
 fail:
     Py_XDECREF(starts);
     Py_XDECREF(wanted);
-    PyBuffer_Release(&view);
     return NULL;
+}
+
+static PyObject *
+skim_batches(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*", &view)) {
+        return NULL;
+    }
+    PyObject *result = skim_batches_in(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 /* --- read_record: one record's fields, for RecordView ------------------------------------- */
@@ -1127,6 +1135,8 @@ static PyMethodDef speedups_methods[] = {
     {"inject_roots", inject_roots, METH_VARARGS, inject_roots_doc},
     {"inject_request_roots", (PyCFunction)(void (*)(void))inject_request_roots, METH_FASTCALL,
      inject_request_roots_doc},
+    {"skim_fetch_response", (PyCFunction)(void (*)(void))skim_fetch_response, METH_FASTCALL,
+     skim_fetch_response_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},

@@ -47,23 +47,33 @@ def iter_fetched_partitions(payload: Any) -> Iterator[FetchedRecords]:
             )
 
 
-_TOPIC, _PARTITION, _ERROR, _HIGH_WATERMARK, _ABORTED_PRODUCER, _ABORTED_OFFSET, _RECORDS = range(7)
+#: The capture ids of the layout program (the fetch skim, `tracing.skim`, reads them too).
+(
+    CAPTURED_TOPIC,
+    CAPTURED_PARTITION,
+    CAPTURED_ERROR,
+    CAPTURED_HIGH_WATERMARK,
+    CAPTURED_ABORTED_PRODUCER,
+    CAPTURED_ABORTED_OFFSET,
+    CAPTURED_RECORDS,
+) = range(7)
 _CAPTURED = {
-    "responses.topic": _TOPIC,
-    "responses.topic_id": _TOPIC,
-    "responses.partitions.partition_index": _PARTITION,
-    "responses.partitions.error_code": _ERROR,
-    "responses.partitions.high_watermark": _HIGH_WATERMARK,
-    "responses.partitions.aborted_transactions.producer_id": _ABORTED_PRODUCER,
-    "responses.partitions.aborted_transactions.first_offset": _ABORTED_OFFSET,
-    "responses.partitions.records": _RECORDS,
+    "responses.topic": CAPTURED_TOPIC,
+    "responses.topic_id": CAPTURED_TOPIC,
+    "responses.partitions.partition_index": CAPTURED_PARTITION,
+    "responses.partitions.error_code": CAPTURED_ERROR,
+    "responses.partitions.high_watermark": CAPTURED_HIGH_WATERMARK,
+    "responses.partitions.aborted_transactions.producer_id": CAPTURED_ABORTED_PRODUCER,
+    "responses.partitions.aborted_transactions.first_offset": CAPTURED_ABORTED_OFFSET,
+    "responses.partitions.records": CAPTURED_RECORDS,
 }
 #: Fetch responses name topics by id from this version on (KIP-516).
 TOPIC_IDS_FROM = 13
 
 
 @cache
-def _layout_program(api_version: int) -> Program:
+def layout_program(api_version: int) -> Program:
+    """The walk's program for a Fetch response of this version, with the layout's captures."""
     return program(response_schema(ApiKey.FETCH, api_version), _CAPTURED)
 
 
@@ -77,7 +87,7 @@ def locate_fetched_partitions(
     captures: Captures = []
     try:
         header_size = response_header_size(view, ApiKey.FETCH, api_version)
-        walked = walk(_layout_program(api_version), view, header_size, captures)
+        walked = walk(layout_program(api_version), view, header_size, captures)
     except ProtocolError:
         return None
     if walked is None or walked[0] != len(view):
@@ -88,7 +98,7 @@ def locate_fetched_partitions(
     partition = error_code = high_watermark = producer_id = 0
     aborted: list[tuple[int, int]] = []
     for kind, start, value, end in captures:
-        if kind == _RECORDS:
+        if kind == CAPTURED_RECORDS:
             if value >= 0 and end > value:
                 found.append(
                     FetchedRecords(
@@ -101,16 +111,16 @@ def locate_fetched_partitions(
                         tuple(aborted),
                     )
                 )
-        elif kind == _PARTITION:
+        elif kind == CAPTURED_PARTITION:
             partition = int.from_bytes(view[start:end], "big", signed=True)
             aborted = []
-        elif kind == _ERROR:
+        elif kind == CAPTURED_ERROR:
             error_code = int.from_bytes(view[start:end], "big", signed=True)
-        elif kind == _HIGH_WATERMARK:
+        elif kind == CAPTURED_HIGH_WATERMARK:
             high_watermark = int.from_bytes(view[start:end], "big", signed=True)
-        elif kind == _ABORTED_PRODUCER:
+        elif kind == CAPTURED_ABORTED_PRODUCER:
             producer_id = int.from_bytes(view[start:end], "big", signed=True)
-        elif kind == _ABORTED_OFFSET:
+        elif kind == CAPTURED_ABORTED_OFFSET:
             aborted.append((producer_id, int.from_bytes(view[start:end], "big", signed=True)))
         elif api_version >= TOPIC_IDS_FROM:
             topic, topic_id = None, captured_uuid(bytes(view[start:end]))

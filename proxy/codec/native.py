@@ -1,7 +1,7 @@
-"""The compiled twins of the per-record loops, the schema walk, the pairing core and the
-producer's request lane (`_speedups.c`, `_schema_walk.c`, `_pairing.c`, `_request_roots.c`), when
-the package was built with a C compiler; None otherwise, and the pure-Python twins run instead
-(same results, slower)."""
+"""The compiled twins of the per-record loops, the schema walk, the pairing core, the
+producer's request lane and the fetch skim (`_speedups.c`, `_schema_walk.c`, `_pairing.c`,
+`_request_roots.c`, `_fetch_skim.c`), when the package was built with a C compiler; None
+otherwise, and the pure-Python twins run instead (same results, slower)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import Link, SpanKind
 
 from ..codec.compression import CompressionError
+from ..codec.fetch import layout_program
 from ..codec.records import (
     CONTROL_FLAG,
     RECORDS_OFFSET,
@@ -29,10 +30,16 @@ from ..codec.records import (
     RecordView,
     iter_batch_headers,
 )
-from ..interceptors import ConnectionContext, FetchedPartition
+from ..interceptors import ConnectionContext, FetchedPartition, SkimmedFetch
 from ..metrics import Metrics
 from .core import TracingCore
-from .skim import sampled_traceparent_positions, skim_batches, skim_headers
+from .skim import (
+    SkimmedPartition,
+    sampled_traceparent_positions,
+    skim_batches,
+    skim_fetch_response,
+    skim_headers,
+)
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
 
 log = logging.getLogger(__name__)
@@ -148,6 +155,32 @@ class FetchTracer:
         self._with_context = traced(outcome="context")
         self._without_context = traced(outcome="no_context")
 
+    def skims_fetch_responses(self) -> bool:
+        """With W3C propagation, parent-based sampling and a span per record, only records with
+        a sampled context get anything: the others are skimmed, never read."""
+        core = self._core
+        return (
+            core.propagation.tracecontext_only
+            and core.sampler.parent_based
+            and core.consumer_span_mode == "parent"
+        )
+
+    def skim_fetch_response(
+        self, body: memoryview, offset: int, api_version: int
+    ) -> list[SkimmedPartition] | None:
+        return skim_fetch_response(layout_program(api_version), body, offset, api_version)
+
+    def on_fetch_skimmed(self, ctx: ConnectionContext, partitions: list[SkimmedFetch]) -> None:
+        """What `_trace` records for partitions whose skim found nothing to read: the highest
+        offset delivered (for the redelivered mark) and the records skimmed."""
+        owner = ctx.group_id or ctx.client_id or f"connection-{ctx.connection_id}"
+        skimmed = 0
+        for topic, partition, highest, count in partitions:
+            self._delivered.update((owner, topic, partition), highest)
+            skimmed += count
+        if skimmed:
+            self._skimmed.inc(skimmed)
+
     def on_fetch_response(self, ctx: ConnectionContext, fetched: FetchedPartition) -> None:
         try:
             self._trace(ctx, fetched)
@@ -172,11 +205,7 @@ class FetchTracer:
         # With W3C headers and parent-based sampling only records whose traceparent says
         # "sampled" get a span: a byte scan finds the few records that may carry one and only
         # those are parsed; the others are never decoded (the common case at low sampling rates).
-        skim = (
-            core.propagation.tracecontext_only
-            and core.sampler.parent_based
-            and core.consumer_span_mode == "parent"
-        )
+        skim = self.skims_fetch_responses()
         skimmed = 0
         records: Iterable[RecordView]
         if skim:

@@ -8,6 +8,8 @@ the form every W3C propagator writes.
 
 Both loops have compiled twins (`_speedups.c`): the search, and the walk over a partition's
 batches that runs the search in each and steps over records to the ones it found.
+`skim_fetch_response` skims every partition of a Fetch response in one call (`_fetch_skim.c`),
+for the usual response with nothing to read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..codec import native
+from ..codec.fetch import (
+    CAPTURED_ABORTED_OFFSET,
+    CAPTURED_ABORTED_PRODUCER,
+    CAPTURED_PARTITION,
+    CAPTURED_RECORDS,
+    CAPTURED_TOPIC,
+    TOPIC_IDS_FROM,
+)
+from ..codec.guard import Captures, Program, walk
 from ..codec.records import (
     CODEC_MASK,
     CONTROL_FLAG,
@@ -39,6 +50,9 @@ _SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 WantedBatch = tuple[int, int, list[int] | None]
 #: (highest offset of the data batches or -1, how many records they hold, the batches to read).
 Skim = tuple[int, int, list[WantedBatch]]
+#: A Fetch response's partition with nothing to read: (topic name, or raw 16-byte topic id from
+#: v13 on, partition, highest offset of its data batches or -1, how many records they hold).
+SkimmedPartition = tuple[str | bytes, int, int, int]
 
 
 def sampled_traceparent_positions_python(
@@ -116,3 +130,50 @@ def skim_batches_python(records: Buffer) -> Skim:
 
 #: The compiled twin when built: the batch walk, the search and the record steps in one call.
 skim_batches = native.twin("skim_batches", skim_batches_python, error=RecordBatchError)
+
+
+def skim_fetch_response_python(
+    program: Program, body: Buffer, offset: int, api_version: int
+) -> list[SkimmedPartition] | None:
+    """Every partition with records of the Fetch response in `body` (its message starting at
+    `offset`, walked with `program`, `fetch.layout_program`'s), skimmed, when none of them holds
+    a record that may carry a sampled context. None, for the general path, for anything else:
+    a hit, aborted transactions, a null topic name or one that is not ASCII, a walk that does
+    not end at the body's end, a partition the skim cannot read. Never raises."""
+    try:
+        view = memoryview(body)
+        captures: Captures = []
+        walked = walk(program, view, offset, captures)
+        if walked is None or walked[0] != len(view):
+            return None
+        skimmed: list[SkimmedPartition] = []
+        topic: str | bytes | None = None
+        partition = 0
+        for kind, start, value, end in captures:
+            if kind == CAPTURED_TOPIC:
+                if api_version >= TOPIC_IDS_FROM:
+                    topic = bytes(view[start:end])
+                elif value < 0 or not bytes(view[value:end]).isascii():
+                    return None  # a null name, or one to decode in full
+                else:
+                    topic = str(view[value:end], "ascii")
+            elif kind == CAPTURED_PARTITION:
+                if end - start != 4:
+                    return None
+                partition = int.from_bytes(view[start:end], "big", signed=True)
+            elif kind in (CAPTURED_ABORTED_PRODUCER, CAPTURED_ABORTED_OFFSET):
+                return None  # which records a consumer sees depends on them
+            elif kind == CAPTURED_RECORDS and value >= 0 and end > value:
+                if topic is None:
+                    return None
+                highest, count, wanted = skim_batches_python(view[value:end])
+                if wanted:
+                    return None  # a record to read: the general path
+                skimmed.append((topic, partition, highest, count))
+        return skimmed
+    except Exception:
+        return None
+
+
+#: The whole-response skim the consumer side runs: the compiled twin when built.
+skim_fetch_response = native.twin("skim_fetch_response", skim_fetch_response_python)

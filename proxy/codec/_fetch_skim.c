@@ -1,0 +1,170 @@
+/* The skim of a whole Fetch response in one call, part of _speedups. The twin, which documents
+ * the logic, is skim_fetch_response_python in proxy/tracing/skim.py.
+ *
+ * With tracing on, every Fetch response is read after it was sent, for records that carry a
+ * sampled context. Nearly all responses at low sampling rates have none, and for those all the
+ * consumer needs is, per partition, the highest offset delivered and how many records went by.
+ * This call finds the partitions with the guard's schema walk (the program of the response's
+ * version, from fetch.py) and skims each partition's records (skim_batches_in), returning those
+ * figures; it declines (None) anything else, which the general path then reads in full: a hit,
+ * aborted transactions, a null topic name or one that is not ASCII, a walk that does not end at
+ * the body's end, a partition the skim cannot read. It never raises for the peer's bytes.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#include "_fetch_skim.h"
+#include "_schema_walk.h"
+
+#define TOPIC_IDS_FROM 13 /* topics named by id (KIP-516) */
+
+/* The capture ids of fetch.py's layout program. */
+enum {
+    CAPTURED_TOPIC,
+    CAPTURED_PARTITION,
+    CAPTURED_ERROR,
+    CAPTURED_HIGH_WATERMARK,
+    CAPTURED_ABORTED_PRODUCER,
+    CAPTURED_ABORTED_OFFSET,
+    CAPTURED_RECORDS,
+};
+
+static int
+is_ascii(const unsigned char *data, Py_ssize_t size)
+{
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (data[i] & 0x80) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A new reference to the partitions' figures, to None (declined), NULL on an error. */
+static PyObject *
+skim_response(PyObject *program, const unsigned char *body, Py_ssize_t size, Py_ssize_t offset,
+              long api_version)
+{
+    PyObject *captures = PyList_New(0);
+    PyObject *skimmed = PyList_New(0);
+    PyObject *topic = NULL, *result = NULL;
+    if (captures == NULL || skimmed == NULL) {
+        goto done;
+    }
+    Py_ssize_t end = schema_walk_capturing(program, body, size, offset, captures);
+    if (end == -2) {
+        goto done;
+    }
+    if (end != size) {
+        goto declined;
+    }
+    long partition = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(captures); i++) {
+        PyObject *entry = PyList_GET_ITEM(captures, i);
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+        Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+        Py_ssize_t value = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2));
+        Py_ssize_t stop = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        if (kind == CAPTURED_TOPIC) {
+            Py_CLEAR(topic);
+            if (api_version >= TOPIC_IDS_FROM) {
+                topic = PyBytes_FromStringAndSize((const char *)body + start, stop - start);
+            }
+            else if (value < 0 || !is_ascii(body + value, stop - value)) {
+                goto declined; /* a null name, or one to decode in full */
+            }
+            else {
+                topic = PyUnicode_DecodeASCII((const char *)body + value, stop - value, NULL);
+            }
+            if (topic == NULL) {
+                goto done;
+            }
+        }
+        else if (kind == CAPTURED_PARTITION) {
+            if (stop - start != 4) {
+                goto declined;
+            }
+            partition = (int32_t)(((uint32_t)body[start] << 24) | ((uint32_t)body[start + 1] << 16) |
+                                  ((uint32_t)body[start + 2] << 8) | body[start + 3]);
+        }
+        else if (kind == CAPTURED_ABORTED_PRODUCER || kind == CAPTURED_ABORTED_OFFSET) {
+            goto declined; /* which records a consumer sees depends on them */
+        }
+        else if (kind == CAPTURED_RECORDS && value >= 0 && stop > value) {
+            if (topic == NULL) {
+                goto declined;
+            }
+            PyObject *skim = skim_batches_in(body + value, stop - value);
+            if (skim == NULL) {
+                goto done;
+            }
+            if (PyList_GET_SIZE(PyTuple_GET_ITEM(skim, 2)) > 0) {
+                Py_DECREF(skim);
+                goto declined; /* a record to read: the general path */
+            }
+            PyObject *figures = Py_BuildValue("(OlOO)", topic, partition,
+                                              PyTuple_GET_ITEM(skim, 0), PyTuple_GET_ITEM(skim, 1));
+            Py_DECREF(skim);
+            if (figures == NULL || PyList_Append(skimmed, figures) < 0) {
+                Py_XDECREF(figures);
+                goto done;
+            }
+            Py_DECREF(figures);
+        }
+    }
+    result = Py_NewRef(skimmed);
+    goto done;
+
+declined:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(topic);
+    Py_XDECREF(captures);
+    Py_XDECREF(skimmed);
+    return result;
+}
+
+const char skim_fetch_response_doc[] =
+"skim_fetch_response(program, body, offset, api_version)\n"
+"    -> list[tuple[str | bytes, int, int, int]] | None\n\n"
+"The twin of proxy/tracing/skim.py's skim_fetch_response_python: per partition with records of\n"
+"a Fetch response body whose message starts at offset, (topic name, or raw topic id from v13\n"
+"on, partition, highest offset, record count) when no record may carry a sampled context;\n"
+"None: declined, for the general path.";
+
+PyObject *
+skim_fetch_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "skim_fetch_response takes 4 arguments");
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    long api_version = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) {
+        /* not ints, or too large: declined below, as the twin declines what it cannot use */
+    }
+    else if (!PyTuple_Check(args[0])) {
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) == 0) {
+            result = skim_response(args[0], view.buf, view.len, offset, api_version);
+            PyBuffer_Release(&view);
+        }
+    }
+    if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear(); /* declined: the general path meets the same problem and reports it */
+        result = Py_NewRef(Py_None);
+    }
+    return result;
+}
