@@ -586,7 +586,11 @@ class KafkaExchange:
         self._learn_group()
         for located in partitions:
             fetched = FetchedPartition(
-                topic=located.topic or self._topics.name(located.topic_id),
+                topic=(
+                    located.topic
+                    if located.topic is not None
+                    else self._topics.name(located.topic_id)
+                ),
                 topic_id=located.topic_id,
                 partition=located.partition,
                 error_code=located.error_code,

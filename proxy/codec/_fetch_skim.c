@@ -100,7 +100,8 @@ skim_response(PyObject *program, const unsigned char *body, Py_ssize_t size, Py_
             if (topic == NULL) {
                 goto declined;
             }
-            PyObject *skim = skim_batches_in(body + value, stop - value);
+            /* Up to the first record to read, if any: the response is then declined. */
+            PyObject *skim = skim_batches_in(body + value, stop - value, 1);
             if (skim == NULL) {
                 goto done;
             }
@@ -152,8 +153,8 @@ skim_fetch_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         /* not ints, or too large: declined below, as the twin declines what it cannot use */
     }
-    else if (!PyTuple_Check(args[0])) {
-        result = Py_NewRef(Py_None);
+    else if (!PyTuple_Check(args[0]) || api_version < INT16_MIN || api_version > INT16_MAX) {
+        result = Py_NewRef(Py_None); /* no program, or no Fetch version */
     }
     else {
         Py_buffer view;

@@ -486,7 +486,7 @@ PyDoc_STRVAR(skim_batches_doc,
 "A partition's data batches skimmed for records that may carry a sampled traceparent.");
 
 PyObject *
-skim_batches_in(const unsigned char *data, Py_ssize_t total)
+skim_batches_in(const unsigned char *data, Py_ssize_t total, int until_wanted)
 {
     /* The highest base offset + last offset delta, kept exact: a peer's int64s may overflow. */
     __int128 highest = -1;
@@ -544,6 +544,9 @@ skim_batches_in(const unsigned char *data, Py_ssize_t total)
                 goto fail;
             }
             Py_DECREF(entry);
+            if (until_wanted) {
+                break;
+            }
         }
         else {
             Py_ssize_t body_start = pos + RECORDS_OFFSET;
@@ -561,6 +564,9 @@ skim_batches_in(const unsigned char *data, Py_ssize_t total)
                     goto fail;
                 }
                 Py_DECREF(entry);
+                if (until_wanted) {
+                    break;
+                }
             }
         }
         pos = end;
@@ -596,7 +602,7 @@ skim_batches(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*", &view)) {
         return NULL;
     }
-    PyObject *result = skim_batches_in(view.buf, view.len);
+    PyObject *result = skim_batches_in(view.buf, view.len, 0);
     PyBuffer_Release(&view);
     return result;
 }

@@ -192,7 +192,7 @@ class FetchTracer:
         core = self._core
         now_ns = time.time_ns()
         now_ms = now_ns // 1_000_000
-        topic = fetched.topic or str(fetched.topic_id)
+        topic = fetched.topic if fetched.topic is not None else str(fetched.topic_id)
         owner = ctx.group_id or ctx.client_id or f"connection-{ctx.connection_id}"
         key = (owner, topic, fetched.partition)
         high = self._delivered.high(key)

@@ -140,6 +140,8 @@ def skim_fetch_response_python(
     a record that may carry a sampled context. None, for the general path, for anything else:
     a hit, aborted transactions, a null topic name or one that is not ASCII, a walk that does
     not end at the body's end, a partition the skim cannot read. Never raises."""
+    if type(api_version) is not int or not -(1 << 15) <= api_version < 1 << 15:
+        return None  # no Fetch version
     try:
         view = memoryview(body)
         captures: Captures = []
