@@ -79,6 +79,11 @@ ALL_VERSIONS = (-(1 << 15), (1 << 15) - 1)
 FETCH_NODE_ENDPOINTS_FROM = 16
 #: Produce responses carry KIP-951 node endpoints from this version on.
 PRODUCE_NODE_ENDPOINTS_FROM = 10
+#: Fetch responses up to this size are skimmed whole first when the fetch interceptor can
+#: (`SkimmingFetchInterceptor`). A larger one nearly always holds a sampled record at the usual
+#: ratios (a 1 MiB response of 1 KiB records at 1% has none once in 30,000), so the general path
+#: would only skim it again: measured, that cost consume-1k a tenth more CPU at 1%.
+SKIM_WHOLE_RESPONSES_UP_TO = 64 * 1024
 
 
 def _decodable(api_key: int, version: int) -> bool:
@@ -492,10 +497,15 @@ class KafkaExchange:
     def _locate_fetched(self, version: int, body: memoryview, hook: Callable[[Any], None]) -> None:
         """Hand an already forwarded Fetch response's records to the interceptors as views of
         the frame, found by the guard's walk; a response the walk cannot read is decoded. When
-        the only fetch interceptor skims, a response with nothing for it to read gets one
-        compiled skim and the interceptor only its figures."""
+        the only fetch interceptor skims, a response (up to SKIM_WHOLE_RESPONSES_UP_TO bytes)
+        with nothing for it to read gets one compiled skim and the interceptor only its
+        figures."""
         skimming = self._interceptors.fetch_skim
-        if skimming is not None and self._skim_fetched(skimming, version, body):
+        if (
+            skimming is not None
+            and len(body) <= SKIM_WHOLE_RESPONSES_UP_TO
+            and self._skim_fetched(skimming, version, body)
+        ):
             return
         partitions = locate_fetched_partitions(body, version)
         if partitions is None:

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 import proxy.tracing.consumer as consumer_module
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.codec import native
-from proxy.exchange import KafkaExchange
+from proxy.exchange import SKIM_WHOLE_RESPONSES_UP_TO, KafkaExchange
 from proxy.groups import GroupDirectory
 from proxy.interceptors import (
     BrokerEndpoint,
@@ -308,7 +308,11 @@ class Conversation:
         )
         response = response_frame(_fetch_response(version, parts, endpoints), correlation_id)
         cuts = tuple(sorted({self._rng.randrange(1, len(response)) for _ in range(reads)}))
-        skims = not endpoints and all(p.clean and not p.aborted for p in parts)
+        skims = (
+            not endpoints
+            and all(p.clean and not p.aborted for p in parts)
+            and not _large(response)
+        )
         self.steps.append(Step(connection, request, response, cuts, skims=skims, decoded=endpoints))
 
     def fetches(self) -> list[Step]:
@@ -523,6 +527,11 @@ def _deliver(outcome: Any) -> bytes:
     return sent
 
 
+def _large(response: bytes) -> bool:
+    """Too large to be skimmed whole: the general path takes it at once."""
+    return len(response) - 4 > SKIM_WHOLE_RESPONSES_UP_TO
+
+
 def _check_routes(conversation: Conversation, run: Run) -> None:
     """With the skim, a clean response reaches only `on_fetch_skimmed` and a declined one
     `on_fetch_response`; without it, no response is skimmed."""
@@ -534,6 +543,8 @@ def _check_routes(conversation: Conversation, run: Run) -> None:
         elif step.decoded:
             assert "skim" not in route and "declined" not in route, "decoded, never skimmed"
             assert "skimmed" not in route
+        elif _large(step.response):
+            assert route == ("response",), "a large response is never skimmed whole"
         elif step.skims:
             assert route == ("skim", "skimmed"), "a clean response is only skimmed"
         else:
@@ -1074,3 +1085,21 @@ def test_an_empty_topic_name_is_keyed_alike() -> None:
     on, off = _both(talk)
     assert off.span_offsets() == [("receive ", 2, True)]
     assert on.span_offsets() == off.span_offsets()
+
+
+@compiled
+def test_a_large_response_goes_the_general_way_at_once() -> None:
+    """A response above SKIM_WHOLE_RESPONSES_UP_TO, clean or not, is not skimmed whole (at the
+    usual ratios it nearly always holds a sampled record, and the general path would skim it
+    again); its outcome is the one without the skim, and a small one is still skimmed."""
+    talk = Conversation()
+    talk.connect("consumer", "app-1")
+    many = SKIM_WHOLE_RESPONSES_UP_TO // 60
+    talk.fetch("consumer", 12, [Part("orders", 0, _batch(0, many))])
+    talk.fetch("consumer", 12, [Part("orders", 0, _batch(many, 5))])
+    talk.fetch("consumer", 12, [Part("orders", 0, _batch(3, 1, sampled={3}), clean=False)])
+    on, off = _both(talk)
+    assert _large(talk.steps[1].response) and not _large(talk.steps[2].response)
+    assert on.routes[1:] == [("response",), ("skim", "skimmed"), ("declined", "response")]
+    assert off.routes[1:] == [("response",)] * 3
+    assert on.span_offsets() == [("receive orders", 3, True)]
