@@ -23,6 +23,7 @@ setup(
                 "proxy/codec/_roots.h",
                 "proxy/codec/_request_roots.h",
                 "proxy/codec/_fetch_skim.h",
+                "proxy/codec/_declining.h",
             ],
             optional=True,
         )

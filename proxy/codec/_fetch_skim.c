@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "_fetch_skim.h"
+#include "_declining.h"
 #include "_schema_walk.h"
 
 #define TOPIC_IDS_FROM 13 /* topics named by id (KIP-516) */
@@ -31,17 +32,6 @@ enum {
     CAPTURED_ABORTED_OFFSET,
     CAPTURED_RECORDS,
 };
-
-static int
-is_ascii(const unsigned char *data, Py_ssize_t size)
-{
-    for (Py_ssize_t i = 0; i < size; i++) {
-        if (data[i] & 0x80) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* A new reference to the partitions' figures, to None (declined), NULL on an error. */
 static PyObject *
@@ -163,9 +153,5 @@ skim_fetch_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyBuffer_Release(&view);
         }
     }
-    if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
-        PyErr_Clear(); /* declined: the general path meets the same problem and reports it */
-        result = Py_NewRef(Py_None);
-    }
-    return result;
+    return declined_on_error(result);
 }

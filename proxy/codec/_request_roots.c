@@ -21,6 +21,7 @@
 
 #include "_request_roots.h"
 #include "_roots.h"
+#include "_declining.h"
 #include "_schema_walk.h"
 
 #define SIZE_PREFIX 4
@@ -42,17 +43,6 @@ typedef struct {
     Py_ssize_t start, end; /* the field, length prefix included */
     PyObject *records;     /* new batch bytes (borrowed from the partition's result) */
 } Replacement;
-
-static int
-is_ascii(const unsigned char *data, Py_ssize_t size)
-{
-    for (Py_ssize_t i = 0; i < size; i++) {
-        if (data[i] & 0x80) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* The size of a request header with a plain ASCII client id and, in flexible versions, no
  * tagged fields; -1 for any other header. */
@@ -332,10 +322,5 @@ inject_request_roots(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyBuffer_Release(&view);
         }
     }
-    if (result == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
-        /* Declined: the general path meets the same problem and says what it is. */
-        PyErr_Clear();
-        result = Py_NewRef(Py_None);
-    }
-    return result;
+    return declined_on_error(result);
 }
