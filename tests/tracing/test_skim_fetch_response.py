@@ -23,7 +23,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 from kio.static.primitive import i32, i64
@@ -594,11 +594,21 @@ def base_body(version: int) -> bytes:
 
 
 def check(body: bytes, version: int) -> Answer:
-    """Both twins' answer for damaged bytes; a list must still be the general path's figures."""
+    """Both twins' answer for damaged bytes; a list must still be the general path's figures
+    wherever the exchange would skim: only a response whose header it can read (the twins are
+    also asked past a damaged flexible header, where the general path has nothing to say)."""
     answer = skimmed(body, version)
-    if answer is not None:
+    if answer is not None and header_is_readable(body, version):
         assert comparable(answer, version) == general_path(body, version)
     return answer
+
+
+def header_is_readable(body: bytes, version: int) -> bool:
+    try:
+        response_header_size(body, ApiKey.FETCH, version)
+    except ProtocolError:
+        return False
+    return True
 
 
 def damaged_copies(version: int, count: int, seed: int) -> Iterator[bytes]:
@@ -656,6 +666,7 @@ def test_damaged_responses_get_the_same_answer_from_both_twins() -> None:
     ),
 )
 @settings(max_examples=300, deadline=None)
+@example(version=12, edits=[("overwrite", 4, b"\r")])  # a flexible header with 13 tags
 def test_any_damage_gets_the_same_answer(version: int, edits: list[tuple[str, int, bytes]]) -> None:
     """Whatever the damage, the twins agree, neither raises, and a list is the general
     path's."""
