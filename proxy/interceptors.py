@@ -262,8 +262,11 @@ class FetchInterceptor(Protocol):
         """A Fetch response's partition was forwarded to the client (it already has the bytes)."""
 
 
-#: A skimmed Fetch response's partition: (topic, partition, highest offset delivered or -1, how
-#: many records went by).
+#: A Fetch response's partition as the skim finds it, with nothing to read: (topic name, or the
+#: raw 16-byte topic id from v13 on, partition, highest offset of its data batches or -1, how
+#: many records they hold).
+SkimmedPartition = tuple[str | bytes, int, int, int]
+#: The same, as the interceptor gets it: the topic by name (or its id's text when unknown).
 SkimmedFetch = tuple[str, int, int, int]
 
 
@@ -280,7 +283,7 @@ class SkimmingFetchInterceptor(FetchInterceptor, Protocol):
 
     def skim_fetch_response(
         self, body: memoryview, offset: int, api_version: int
-    ) -> list[tuple[str | bytes, int, int, int]] | None:
+    ) -> list[SkimmedPartition] | None:
         """Per partition of the response whose message starts at `offset` in `body`: (topic
         name, or raw topic id from v13 on, partition, highest offset, record count), when no
         record needs reading; None when some does, or for anything unusual (never raises)."""

@@ -5,6 +5,7 @@
 #define KTP_DECLINING_H
 
 #include <Python.h>
+#include <stdint.h>
 
 static inline int
 is_ascii(const unsigned char *data, Py_ssize_t size)
@@ -15,6 +16,14 @@ is_ascii(const unsigned char *data, Py_ssize_t size)
         }
     }
     return 1;
+}
+
+/* A big-endian int32, as Kafka writes partition indexes. */
+static inline int32_t
+read_int32(const unsigned char *p)
+{
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
+                     p[3]);
 }
 
 /* `result`, or None in place of an error that is an Exception (a peer's bytes, or arguments

@@ -80,8 +80,7 @@ skim_response(PyObject *program, const unsigned char *body, Py_ssize_t size, Py_
             if (stop - start != 4) {
                 goto declined;
             }
-            partition = (int32_t)(((uint32_t)body[start] << 24) | ((uint32_t)body[start + 1] << 16) |
-                                  ((uint32_t)body[start + 2] << 8) | body[start + 3]);
+            partition = read_int32(body + start);
         }
         else if (kind == CAPTURED_ABORTED_PRODUCER || kind == CAPTURED_ABORTED_OFFSET) {
             goto declined; /* which records a consumer sees depends on them */

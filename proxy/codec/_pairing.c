@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "_pairing.h"
+#include "_request_roots.h"
 #include "_schema_walk.h"
 
 #define SIZE_PREFIX 4
@@ -200,37 +201,16 @@ held_request(PairingCore *self, long long seq)
     return pending_by_seq(self, seq);
 }
 
-/* The acks of a Produce request body (header included), or -1000 when anything about it is
- * unusual; read_produce_acks in pairing.py is the twin. */
+/* The acks of a Produce request body (header included), or ACKS_UNREAD when anything about
+ * it is unusual; read_produce_acks in pairing.py is the twin. */
 #define ACKS_UNREAD INT_MIN
 
 static int
 read_produce_acks(const unsigned char *body, Py_ssize_t size, int api_version)
 {
-    if (size < 10) {
-        return ACKS_UNREAD;
-    }
-    int length = be16(body + 8);
-    Py_ssize_t offset = 10;
-    if (length >= 0) {
-        if (offset + length > size) {
-            return ACKS_UNREAD;
-        }
-        for (Py_ssize_t i = 0; i < length; i++) {
-            if (body[offset + i] & 0x80) {
-                return ACKS_UNREAD;
-            }
-        }
-        offset += length;
-    }
-    else if (length != -1) {
-        return ACKS_UNREAD;
-    }
-    if (api_version >= PRODUCE_FLEXIBLE_FROM) {
-        if (offset >= size || body[offset] != 0) {
-            return ACKS_UNREAD;
-        }
-        offset += 1;
+    Py_ssize_t offset = produce_plain_header_size(body, size, api_version);
+    if (offset < 0) {
+        return ACKS_UNREAD; /* a client id that is not plain ASCII, or tagged header fields */
     }
     if (api_version >= PRODUCE_TRANSACTIONAL_ID_FROM) {
         if (api_version >= PRODUCE_FLEXIBLE_FROM) {

@@ -44,10 +44,8 @@ typedef struct {
     PyObject *records;     /* new batch bytes (borrowed from the partition's result) */
 } Replacement;
 
-/* The size of a request header with a plain ASCII client id and, in flexible versions, no
- * tagged fields; -1 for any other header. */
-static Py_ssize_t
-plain_header_size(const unsigned char *body, Py_ssize_t size, int api_version)
+Py_ssize_t
+produce_plain_header_size(const unsigned char *body, Py_ssize_t size, int api_version)
 {
     if (size < 10) {
         return -1;
@@ -145,7 +143,7 @@ request_roots(PyObject *programs, PyObject *draw, PyObject *threshold_arg, PyObj
     const unsigned char *body = data + SIZE_PREFIX;
     Py_ssize_t body_size = size - SIZE_PREFIX;
     int flexible = api_version >= FLEXIBLE_FROM;
-    Py_ssize_t header_size = body_size < 0 ? -1 : plain_header_size(body, body_size, api_version);
+    Py_ssize_t header_size = body_size < 0 ? -1 : produce_plain_header_size(body, body_size, api_version);
     PyObject *key = PyLong_FromLong(api_version);
     if (key == NULL) {
         return NULL;
@@ -214,8 +212,7 @@ request_roots(PyObject *programs, PyObject *draw, PyObject *threshold_arg, PyObj
             topic_end = stop;
         }
         else if (kind == CAPTURED_PARTITION) {
-            partition = (int32_t)(((uint32_t)body[start] << 24) | ((uint32_t)body[start + 1] << 16) |
-                                  ((uint32_t)body[start + 2] << 8) | body[start + 3]);
+            partition = read_int32(body + start);
         }
         else if (kind == CAPTURED_RECORDS && value >= 0) {
             PyObject *injected = inject_roots_batch(body + value, stop - value, draw, threshold,

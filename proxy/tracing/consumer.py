@@ -30,11 +30,10 @@ from ..codec.records import (
     RecordView,
     iter_batch_headers,
 )
-from ..interceptors import ConnectionContext, FetchedPartition, SkimmedFetch
+from ..interceptors import ConnectionContext, FetchedPartition, SkimmedFetch, SkimmedPartition
 from ..metrics import Metrics
 from .core import TracingCore
 from .skim import (
-    SkimmedPartition,
     sampled_traceparent_positions,
     skim_batches,
     skim_fetch_response,

@@ -43,6 +43,7 @@ from ..codec.records import (
     first_record_has_headers,
     splice_one_header_each_python,
 )
+from ..interceptors import LaneResult
 from .traceparent import VALUE_LENGTH, WIRE_PREFIX, root_traceparents_python
 
 #: A traceparent header in wire form, as each record gains it.
@@ -119,10 +120,6 @@ inject_roots = native.twin("inject_roots", inject_roots_python, error=RecordBatc
 #: A partition with sampled records: (topic name, or the raw 16-byte topic id from v13 on,
 #: partition, start and end of its original records in the frame, what `inject_roots` made).
 LanePartition = tuple[str | bytes, int, int, int, Injected]
-#: (the frame to send: rebuilt, or the frame itself when no partition has records; the records
-#: of partitions without a sampled one; the transactional id, read only when some partition has
-#: sampled records; those partitions).
-LaneResult = tuple[bytes | memoryview, int, str | None, list[LanePartition]]
 
 
 def inject_request_roots_python(

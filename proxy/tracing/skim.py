@@ -36,6 +36,7 @@ from ..codec.records import (
     iter_batch_headers,
     record_starts_holding,
 )
+from ..interceptors import SkimmedPartition
 from .traceparent import VALUE_LENGTH, WIRE_PREFIX
 
 #: From the start of a traceparent header (`WIRE_PREFIX`, as it appears in a decompressed batch
@@ -50,9 +51,6 @@ _SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 WantedBatch = tuple[int, int, list[int] | None]
 #: (highest offset of the data batches or -1, how many records they hold, the batches to read).
 Skim = tuple[int, int, list[WantedBatch]]
-#: A Fetch response's partition with nothing to read: (topic name, or raw 16-byte topic id from
-#: v13 on, partition, highest offset of its data batches or -1, how many records they hold).
-SkimmedPartition = tuple[str | bytes, int, int, int]
 
 
 def sampled_traceparent_positions_python(
@@ -155,9 +153,9 @@ def skim_fetch_response_python(
             if kind == CAPTURED_TOPIC:
                 if api_version >= TOPIC_IDS_FROM:
                     topic = bytes(view[start:end])
-                elif value < 0 or not bytes(view[value:end]).isascii():
-                    return None  # a null name, or one to decode in full
-                else:
+                elif value < 0:
+                    return None  # a null name
+                else:  # a name that is not ASCII raises: declined, to be decoded in full
                     topic = str(view[value:end], "ascii")
             elif kind == CAPTURED_PARTITION:
                 if end - start != 4:

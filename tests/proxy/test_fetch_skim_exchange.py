@@ -309,9 +309,7 @@ class Conversation:
         response = response_frame(_fetch_response(version, parts, endpoints), correlation_id)
         cuts = tuple(sorted({self._rng.randrange(1, len(response)) for _ in range(reads)}))
         skims = (
-            not endpoints
-            and all(p.clean and not p.aborted for p in parts)
-            and not _large(response)
+            not endpoints and all(p.clean and not p.aborted for p in parts) and not _large(response)
         )
         self.steps.append(Step(connection, request, response, cuts, skims=skims, decoded=endpoints))
 
