@@ -42,7 +42,6 @@ from proxy.interceptors import (
 from proxy.metrics import Metrics
 from proxy.tracing.consumer import REDELIVERED_ATTRIBUTE, FetchTracer
 from proxy.tracing.core import TracingCore
-from proxy.tracing.export import SpanPipeline
 from proxy.tracing.producer import ProduceTracer
 from proxy.tracing.propagation import Propagation
 from proxy.tracing.sampling import sampler_from_env
@@ -50,6 +49,7 @@ from proxy.tracing.skim import skim_fetch_response_python
 from proxy.tracing.traceparent import format_traceparent
 
 from ..tracing.test_interceptors import build_batch, transactional_batch
+from .collected import CollectedSpans
 from .messages import request_frame, response_frame
 
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
@@ -320,17 +320,6 @@ class Conversation:
 # -- running a conversation through exchanges -------------------------------------------------
 
 
-class _Collected(SpanPipeline):
-    """A span pipeline that keeps every finished span in a list, with no exporter thread."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(None, metrics)
-        self.spans: list[ReadableSpan] = []
-
-    def submit(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
-
-
 def _span(span: ReadableSpan) -> tuple[Any, ...]:
     assert span.context is not None
     parent = None if span.parent is None else (span.parent.trace_id, span.parent.span_id)
@@ -412,7 +401,7 @@ def _run(
         if twin == "python":
             patch.setattr(consumer_module, "skim_fetch_response", skim_fetch_response_python)
         metrics = Metrics()
-        pipeline = _Collected(metrics)
+        pipeline = CollectedSpans(metrics)
         core = TracingCore(
             sampler=sampler_from_env(*sampler),
             propagation=Propagation(propagators),
@@ -977,7 +966,7 @@ def test_a_tracer_that_cannot_skim_gets_no_skim(config: dict[str, Any]) -> None:
     core = TracingCore(
         sampler=sampler_from_env(*config.get("sampler", ("parentbased_always_on", ""))),
         propagation=Propagation(config.get("propagators", ("tracecontext",))),
-        pipeline=_Collected(Metrics()),
+        pipeline=CollectedSpans(Metrics()),
         resource=Resource.create({}),
         consumer_span_mode=config.get("mode", "parent"),
     )
@@ -1004,7 +993,7 @@ def test_two_fetch_interceptors_get_no_skim() -> None:
     core = TracingCore(
         sampler=sampler_from_env("parentbased_always_on", None),
         propagation=Propagation(["tracecontext"]),
-        pipeline=_Collected(metrics),
+        pipeline=CollectedSpans(metrics),
         resource=Resource.create({}),
     )
     tracer = FetchTracer(core, metrics)

@@ -34,7 +34,6 @@ from proxy.interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from proxy.metrics import Metrics
 from proxy.tracing.consumer import FetchTracer
 from proxy.tracing.core import TracingCore
-from proxy.tracing.export import SpanPipeline
 from proxy.tracing.producer import ProduceTracer
 from proxy.tracing.propagation import Propagation
 from proxy.tracing.roots import inject_request_roots_python
@@ -42,6 +41,7 @@ from proxy.tracing.sampling import sampler_from_env
 from proxy.tracing.traceparent import format_traceparent, parse_traceparent
 
 from ..tracing.test_interceptors import build_batch
+from .collected import CollectedSpans
 from .messages import request_frame, response_frame
 
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
@@ -54,17 +54,6 @@ TOPIC_ID = uuid.UUID(int=0x0123456789ABCDEF0123456789ABCDEF)
 UNKNOWN_TOPIC_ID = uuid.UUID(int=0xFEED)
 APP_SPAN = 0x1234567890ABCDEF
 PRODUCE_OUTCOMES = ("sampled", "unsampled", "app_context", "invalid_context", "skipped")
-
-
-class _Collected(SpanPipeline):
-    """A span pipeline that keeps every finished span in a list, with no exporter thread."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        super().__init__(None, metrics)
-        self.spans: list[ReadableSpan] = []
-
-    def submit(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
 
 
 @cache
@@ -215,7 +204,7 @@ def _run(
     `random.seed(seed)` first, and say what it did."""
     _choose_twins(monkeypatch, twins)
     metrics = Metrics()
-    pipeline = _Collected(metrics)
+    pipeline = CollectedSpans(metrics)
     core = TracingCore(
         sampler=sampler_from_env("parentbased_traceidratio", ratio),
         propagation=Propagation(["tracecontext", "baggage"]),
