@@ -5,6 +5,7 @@
  * built. The twins, which document the logic:
  *
  *   sampled_traceparent_positions  proxy/tracing/skim.py         (find sampled contexts in records)
+ *   sampled_record_starts          proxy/tracing/skim.py         (the records holding them)
  *   skim_batches                   proxy/tracing/skim.py         (the fetch skim over a partition)
  *   read_record                    proxy/codec/records.py        (one record's fields)
  *   splice_one_header_each         proxy/codec/records.py        (append_header_to_each's loop)
@@ -43,6 +44,7 @@ static const unsigned char WIRE_PREFIX[] = "\x16traceparent\x6e";
 #define FLAGS_LAST_CHAR (WIRE_PREFIX_SIZE + 55 - 1)
 
 #define MAX_VARINT_BYTES 5
+#define MAX_VARLONG_BYTES 10
 
 static int
 is_sampled_flag_char(unsigned char c)
@@ -481,6 +483,183 @@ starts_holding_hits(const unsigned char *data, Py_ssize_t body_start, Py_ssize_t
     return 0;
 }
 
+/* One zig-zag varint of at most max_bytes bytes at *pos, ending before limit, read without
+ * raising: 0 with the value (exact up to 63 bits of payload, which lengths never need), or -1
+ * when it does not end there. For the structural read below, where a failure is no error. */
+static int
+quiet_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max_bytes,
+             int64_t *value)
+{
+    Py_ssize_t at = *pos;
+    Py_ssize_t stop = at + max_bytes < limit ? at + max_bytes : limit;
+    uint64_t raw = 0;
+    int shift = 0;
+    while (at < stop) {
+        unsigned char byte = buf[at++];
+        raw |= (uint64_t)(byte & 0x7F) << shift;
+        if (byte < 0x80) {
+            *value = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
+            *pos = at;
+            return 0;
+        }
+        shift += 7;
+    }
+    return -1;
+}
+
+/* A key or value of `size` bytes (-1: null) at *pos, stepped over; -1 when it does not fit. */
+static int
+step_over(Py_ssize_t *pos, Py_ssize_t limit, int64_t size, int64_t smallest)
+{
+    if (size < smallest || size > limit - *pos) {
+        return -1;
+    }
+    if (size > 0) {
+        *pos += (Py_ssize_t)size;
+    }
+    return 0;
+}
+
+/* Whether the header key of `key_size` bytes at `key` and value of `value_size` bytes at `value`
+ * are a traceparent with the sampled flag, in the wire form WIRE_PREFIX describes. */
+static int
+is_sampled_traceparent(const unsigned char *key, int64_t key_size, const unsigned char *value,
+                       int64_t value_size)
+{
+    return key_size == WIRE_PREFIX_SIZE - 2 && value_size == FLAGS_LAST_CHAR + 1 - WIRE_PREFIX_SIZE
+           && memcmp(key, WIRE_PREFIX + 1, WIRE_PREFIX_SIZE - 2) == 0
+           && is_sampled_flag_char(value[value_size - 1]);
+}
+
+/* sampled_record_starts' structural read (skim.py): the records of data[body_start:end) read
+ * one by one, each one's headers found by the length prefixes, so payload bytes are never
+ * searched. 1 when the body is exactly record_count well-formed records, with *starts a new
+ * list of where (relative to body_start) those holding a sampled traceparent header begin, or
+ * NULL for none; 0 (*starts NULL) when it is not; -1 with an exception (memory). */
+static int
+read_sampled_starts(const unsigned char *data, Py_ssize_t body_start, Py_ssize_t end,
+                    int32_t record_count, PyObject **starts)
+{
+    *starts = NULL;
+    if (record_count < 0) {
+        return 0;
+    }
+    Py_ssize_t pos = body_start;
+    for (int32_t i = 0; i < record_count; i++) {
+        Py_ssize_t at = pos;
+        int64_t length, skipped, key_size, value_size, header_count;
+        if (at >= end || quiet_varint(data, &at, end, MAX_VARINT_BYTES, &length) < 0
+            || length <= 0 || length > end - at) {
+            goto malformed;
+        }
+        Py_ssize_t record_end = at + (Py_ssize_t)length;
+        at += 1; /* attributes */
+        if (quiet_varint(data, &at, record_end, MAX_VARLONG_BYTES, &skipped) < 0 /* timestamp */
+            || quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &skipped) < 0 /* offset */
+            || quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &key_size) < 0
+            || step_over(&at, record_end, key_size, -1) < 0
+            || quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &value_size) < 0
+            || step_over(&at, record_end, value_size, -1) < 0
+            || quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &header_count) < 0
+            || header_count < 0) {
+            goto malformed;
+        }
+        int sampled = 0;
+        for (int64_t h = 0; h < header_count; h++) {
+            if (quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &key_size) < 0) {
+                goto malformed;
+            }
+            const unsigned char *key = data + at;
+            if (step_over(&at, record_end, key_size, 0) < 0
+                || quiet_varint(data, &at, record_end, MAX_VARINT_BYTES, &value_size) < 0) {
+                goto malformed;
+            }
+            const unsigned char *value = data + at;
+            if (step_over(&at, record_end, value_size, -1) < 0) {
+                goto malformed;
+            }
+            sampled |= is_sampled_traceparent(key, key_size, value, value_size);
+        }
+        if (at != record_end) {
+            goto malformed;
+        }
+        if (sampled) {
+            if (*starts == NULL && (*starts = PyList_New(0)) == NULL) {
+                return -1;
+            }
+            if (append_ssize(*starts, pos - body_start) < 0) {
+                Py_CLEAR(*starts);
+                return -1;
+            }
+        }
+        pos = record_end;
+    }
+    if (pos == end) {
+        return 1;
+    }
+malformed:
+    Py_CLEAR(*starts);
+    return 0;
+}
+
+/* sampled_record_starts (skim.py): the structural read, or, for a body it cannot read, where
+ * the byte search's hits lie (record_starts_holding). 0 with *starts a new list or NULL for
+ * none, or -1 with ValueError. */
+static int
+sampled_starts(const unsigned char *data, Py_ssize_t body_start, Py_ssize_t end,
+               int32_t record_count, PyObject **starts)
+{
+    int read = read_sampled_starts(data, body_start, end, record_count, starts);
+    if (read != 0) {
+        return read < 0 ? -1 : 0;
+    }
+    Py_ssize_t hit = next_sampled_prefix(data, body_start, end);
+    if (hit < 0) {
+        return 0;
+    }
+    *starts = PyList_New(0);
+    if (*starts == NULL
+        || starts_holding_hits(data, body_start, end, record_count, hit, *starts) < 0) {
+        Py_CLEAR(*starts);
+        return -1;
+    }
+    if (PyList_GET_SIZE(*starts) == 0) {
+        Py_CLEAR(*starts);
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(sampled_record_starts_doc,
+"sampled_record_starts(data, start, end, record_count) -> list[int]\n\n"
+"Where the records of the batch body data[start:end] holding a sampled traceparent begin.");
+
+static PyObject *
+sampled_record_starts(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start, end;
+    int record_count;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*nni", &view, &start, &end, &record_count)) {
+        return NULL;
+    }
+    if (start < 0 || end < 0) { /* the twin refuses them too (no from-the-end indexing) */
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+        return NULL;
+    }
+    if (end > view.len) { /* an end past the data means the end of the data, as in the twin */
+        end = view.len;
+    }
+    PyObject *starts;
+    int failed = sampled_starts(view.buf, start, end, record_count, &starts);
+    PyBuffer_Release(&view);
+    if (failed) {
+        return NULL;
+    }
+    return starts != NULL ? starts : PyList_New(0);
+}
+
 PyDoc_STRVAR(skim_batches_doc,
 "skim_batches(records) -> (highest_offset, record_count, wanted)\n\n"
 "A partition's data batches skimmed for records that may carry a sampled traceparent.");
@@ -549,14 +728,10 @@ skim_batches_in(const unsigned char *data, Py_ssize_t total, int until_wanted)
             }
         }
         else {
-            Py_ssize_t body_start = pos + RECORDS_OFFSET;
-            Py_ssize_t hit = next_sampled_prefix(data, body_start, end);
-            if (hit >= 0) {
-                starts = PyList_New(0);
-                if (starts == NULL
-                    || starts_holding_hits(data, body_start, end, batch_records, hit, starts) < 0) {
-                    goto fail;
-                }
+            if (sampled_starts(data, pos + RECORDS_OFFSET, end, batch_records, &starts) < 0) {
+                goto fail;
+            }
+            if (starts != NULL) {
                 PyObject *entry = Py_BuildValue("(nnN)", pos, end, starts);
                 starts = NULL; /* the entry owns it (or it was released with the entry) */
                 if (entry == NULL || PyList_Append(wanted, entry) < 0) {
@@ -608,8 +783,6 @@ skim_batches(PyObject *module, PyObject *args)
 }
 
 /* --- read_record: one record's fields, for RecordView ------------------------------------- */
-
-#define MAX_VARLONG_BYTES 10
 
 /* The record's headers (_read_headers in records.py): a tuple of (str key, bytes-or-None value)
  * that must end exactly at `end`, or NULL with ValueError. */
@@ -1144,6 +1317,7 @@ static PyMethodDef speedups_methods[] = {
     {"skim_fetch_response", (PyCFunction)(void (*)(void))skim_fetch_response, METH_FASTCALL,
      skim_fetch_response_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
+    {"sampled_record_starts", sampled_record_starts, METH_VARARGS, sampled_record_starts_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},
     {"walk_schema", walk_schema, METH_VARARGS, walk_schema_doc},
     {NULL, NULL, 0, NULL},

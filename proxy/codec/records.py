@@ -103,15 +103,15 @@ _LENGTH = struct.Struct(">i")
 _CRC = struct.Struct(">I")
 assert _BATCH_HEADER.size == RECORDS_OFFSET
 
-_MAX_VARINT_BYTES: Final = 5
-_MAX_VARLONG_BYTES: Final = 10
+MAX_VARINT_BYTES: Final = 5
+MAX_VARLONG_BYTES: Final = 10
 
 
 class RecordBatchError(ValueError):
     """The bytes are not a well-formed record batch (corrupt, truncated or lying lengths)."""
 
 
-def _read_varint(buf: Buffer, pos: int, limit: int, max_bytes: int) -> tuple[int, int]:
+def read_varint(buf: Buffer, pos: int, limit: int, max_bytes: int) -> tuple[int, int]:
     """Decode one zig-zag varint at ``pos`` that must end before ``limit``: (value, next pos)."""
     raw = 0
     shift = 0
@@ -252,7 +252,7 @@ def record_fields_python(
     of the parse time.
     """
     length_start = pos
-    length, pos = _read_varint(buf, pos, limit, _MAX_VARINT_BYTES)
+    length, pos = read_varint(buf, pos, limit, MAX_VARINT_BYTES)
     end = pos + length
     if length <= 0 or end > limit:
         raise RecordBatchError(f"record length {length} does not fit the batch")
@@ -263,12 +263,12 @@ def record_fields_python(
         timestamp_delta = (byte >> 1) ^ -(byte & 1)
         pos += 1
     else:
-        timestamp_delta, pos = _read_varint(buf, pos, end, _MAX_VARLONG_BYTES)
+        timestamp_delta, pos = read_varint(buf, pos, end, MAX_VARLONG_BYTES)
     if pos < end and (byte := buf[pos]) < 0x80:
         offset_delta = (byte >> 1) ^ -(byte & 1)
         pos += 1
     else:
-        offset_delta, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+        offset_delta, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
     offset = base_offset + offset_delta
     timestamp = base_timestamp + timestamp_delta if log_append_time is None else log_append_time
 
@@ -276,13 +276,13 @@ def record_fields_python(
         key_length = (byte >> 1) ^ -(byte & 1)
         pos += 1
     else:
-        key_length, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+        key_length, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
     key_start = pos
     if key_length > 0:
         pos += key_length
         if pos > end:
             raise RecordBatchError("record key runs past the record")
-    value_length, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+    value_length, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
     value_start = pos
     if value_length > 0:
         pos += value_length
@@ -294,7 +294,7 @@ def record_fields_python(
         header_count = (byte >> 1) ^ -(byte & 1)
         pos += 1
     else:
-        header_count, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+        header_count, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
     if header_count == 0:
         if pos != end:
             raise RecordBatchError(f"record has {end - pos} bytes after its headers")
@@ -325,7 +325,7 @@ def _read_headers(buf: memoryview, pos: int, end: int, header_count: int) -> tup
         raise RecordBatchError(f"impossible header count {header_count}")
     headers: list[Header] = []
     for _ in range(header_count):
-        name_length, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+        name_length, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
         if name_length < 0 or pos + name_length > end:
             raise RecordBatchError(f"bad header key length {name_length}")
         try:
@@ -333,7 +333,7 @@ def _read_headers(buf: memoryview, pos: int, end: int, header_count: int) -> tup
         except UnicodeDecodeError as exc:
             raise RecordBatchError("header key is not utf-8") from exc
         pos += name_length
-        value_length, pos = _read_varint(buf, pos, end, _MAX_VARINT_BYTES)
+        value_length, pos = read_varint(buf, pos, end, MAX_VARINT_BYTES)
         if value_length < 0:
             headers.append((name, None))
             continue
@@ -370,7 +370,7 @@ def record_starts_holding(
             break
         if pos >= end:
             raise RecordBatchError(f"batch holds fewer than {record_count} records")
-        length, record_start = _read_varint(data, pos, end, _MAX_VARINT_BYTES)
+        length, record_start = read_varint(data, pos, end, MAX_VARINT_BYTES)
         record_end = record_start + length
         if length <= 0 or record_end > end:
             raise RecordBatchError(f"record length {length} does not fit the batch")
@@ -525,18 +525,9 @@ class BatchView:
         if pos != limit:
             raise RecordBatchError(f"{limit - pos} bytes left after {self.record_count} records")
 
-    def records_containing(self, body: memoryview, positions: Sequence[int]) -> list[RecordView]:
-        """The records whose bytes hold one of ``positions`` (ascending offsets into ``body``).
-
-        Other records are stepped over by their length prefix, unparsed: finding the few
-        records a byte scan pointed at costs a fraction of decoding the whole batch.
-        """
-        starts = record_starts_holding(body, 0, len(body), self.record_count, positions)
-        return self.records_at(body, starts)
-
     def records_at(self, body: memoryview, starts: Sequence[int]) -> list[RecordView]:
-        """Parse the records that begin at ``starts`` (offsets into ``body``, as
-        `record_starts_holding` finds them)."""
+        """Parse the records that begin at ``starts`` (offsets into ``body``, as the fetch skim
+        finds them)."""
         log_append_time = self.max_timestamp if self.timestamp_type else None
         limit = len(body)
         base_offset, base_timestamp = self.base_offset, self.base_timestamp
@@ -737,15 +728,15 @@ def first_record_has_headers(body: Buffer) -> bool:
     context; anything odd about the record is left to the splice, which judges it."""
     limit = len(body)
     try:
-        length, start = _read_varint(body, 0, limit, _MAX_VARINT_BYTES)
+        length, start = read_varint(body, 0, limit, MAX_VARINT_BYTES)
         end = start + length
         if length <= 0 or end > limit:
             return False
         field = start + 1  # attributes
         for _ in range(2):  # timestamp delta, offset delta
-            field = _read_varint(body, field, end, _MAX_VARINT_BYTES)[1]
+            field = read_varint(body, field, end, MAX_VARINT_BYTES)[1]
         for _ in range(2):  # key, then value: length and bytes
-            size, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+            size, field = read_varint(body, field, end, MAX_VARINT_BYTES)
             field += max(size, 0)
     except RecordBatchError:
         return False
@@ -780,7 +771,7 @@ def splice_one_header_each_python(
                 raw = (raw & 0x7F) | (body[pos + 1] << 7)
                 start = pos + 2
             else:
-                raw, start = _read_varint(body, pos, limit, _MAX_VARINT_BYTES)
+                raw, start = read_varint(body, pos, limit, MAX_VARINT_BYTES)
                 raw = (raw << 1) ^ (raw >> 63)  # back to zig-zag form, decoded below
             length = (raw >> 1) ^ -(raw & 1)
             end = start + length
@@ -797,7 +788,7 @@ def splice_one_header_each_python(
             if raw < 0x80:
                 field += 1
             else:
-                raw, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+                raw, field = read_varint(body, field, end, MAX_VARINT_BYTES)
                 raw = (raw << 1) ^ (raw >> 63)
             if raw & 1 == 0:  # zig-zag: even is a length >= 0
                 field += raw >> 1
@@ -808,7 +799,7 @@ def splice_one_header_each_python(
                 raw = (raw & 0x7F) | (body[field + 1] << 7)
                 field += 2
             else:
-                raw, field = _read_varint(body, field, end, _MAX_VARINT_BYTES)
+                raw, field = read_varint(body, field, end, MAX_VARINT_BYTES)
                 raw = (raw << 1) ^ (raw >> 63)
             if raw & 1 == 0:
                 field += raw >> 1

@@ -34,7 +34,7 @@ from ..interceptors import ConnectionContext, FetchedPartition, SkimmedFetch, Sk
 from ..metrics import Metrics
 from .core import TracingCore
 from .skim import (
-    sampled_traceparent_positions,
+    sampled_record_starts,
     skim_batches,
     skim_fetch_response,
     skim_headers,
@@ -92,8 +92,8 @@ def _skim(fetched: FetchedPartition) -> tuple[list[RecordView], int, int]:
     """The records that may carry a sampled traceparent, the highest offset delivered, and how
     many records were passed over unparsed.
 
-    Uncompressed batches are searched in place, so a batch without a hit costs only its header;
-    compressed ones are searched after decompressing. Usually nothing is parsed at all.
+    Uncompressed batches are read in place, record by record up to their headers; compressed
+    ones after decompressing. Usually nothing is parsed at all.
     """
     records = fetched.records
     if fetched.aborted_transactions:
@@ -104,11 +104,10 @@ def _skim(fetched: FetchedPartition) -> tuple[list[RecordView], int, int]:
     found: list[RecordView] = []
     for start, end, starts in wanted:
         batch = BatchView(view[start:end])
-        if starts is None:  # compressed: search the records once they are unpacked
+        if starts is None:  # compressed: find the records once they are unpacked
             body = batch.body()
-            positions = sampled_traceparent_positions(body, 0, len(body))
-            if positions:
-                found += batch.records_containing(body, positions)
+            starts = sampled_record_starts(body, 0, len(body), batch.record_count)
+            found += batch.records_at(memoryview(body), starts)
         else:
             found += batch.records_at(view[start + RECORDS_OFFSET : end], starts)
     return found, highest, record_count - len(found)

@@ -27,6 +27,7 @@ from proxy.codec.records import (
     add_headers,
     append_header_to_each,
     iter_batches,
+    record_starts_holding,
 )
 
 with warnings.catch_warnings():
@@ -584,7 +585,7 @@ def test_mutated_record_sections_raise_only_codec_errors(
     _exercise(with_attributes(bytes(header) + mutated, struct.unpack_from(">h", header, 21)[0]))
 
 
-def test_records_containing_parses_only_the_records_at_the_given_positions() -> None:
+def test_record_starts_holding_steps_to_the_records_at_the_given_positions() -> None:
     batch = BatchView(
         build_kafka_python(
             [(f"k{i}".encode(), b"v" * (i * 30), [], 1000 + i) for i in range(12)], 0
@@ -595,19 +596,20 @@ def test_records_containing_parses_only_the_records_at_the_given_positions() -> 
     starts = [r._start for r in everything]
     # Positions inside records 2 (twice), 7 and 11; records 0-1, 3-6, 8-10 are stepped over.
     positions = [starts[2], starts[2] + 3, starts[7] + 10, len(body) - 1]
-    found = batch.records_containing(body, positions)
+    found = batch.records_at(body, record_starts_holding(body, 0, len(body), 12, positions))
     assert [r.offset for r in found] == [2, 7, 11]
     assert [r.key for r in found] == [b"k2", b"k7", b"k11"]
-    assert batch.records_containing(body, []) == []
+    assert record_starts_holding(body, 0, len(body), 12, []) == []
 
 
-def test_records_containing_rejects_a_record_length_past_the_body() -> None:
+def test_record_starts_holding_rejects_a_record_length_past_the_body() -> None:
     raw = bytearray(build_kafka_python([(b"k", b"v" * 20, [], 1000)] * 3, 0))
     body_start = 61
     raw[body_start] = 0x7E  # first record's length: 63 bytes, more than the 3 records hold
     batch = BatchView(bytes(raw))
     with pytest.raises(RecordBatchError):
-        batch.records_containing(batch.body(), [len(batch.body()) - 1])
+        body = batch.body()
+        record_starts_holding(body, 0, len(body), 3, [len(body) - 1])
 
 
 WIRE_TRACEPARENT = b"\x16traceparent\x6e" + TRACEPARENT[1]

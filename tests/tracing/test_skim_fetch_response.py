@@ -50,6 +50,7 @@ from proxy.tracing.skim import (
     skim_fetch_response,
     skim_fetch_response_python,
 )
+from proxy.tracing.skim import sampled_record_starts_python as python_starts
 from proxy.tracing.skim import sampled_traceparent_positions_python as python_search
 from proxy.tracing.traceparent import format_traceparent
 from tests.codec.test_fetch_skim import batch, legacy_message, traced
@@ -134,6 +135,20 @@ def sampled(base_offset: int) -> bytes:
     return batch(records, base_offset=base_offset)
 
 
+def spelled_in_a_value(base_offset: int) -> bytes:
+    """A batch whose one record has no header but a value spelling a sampled traceparent's
+    wire form: read by its length prefixes, nothing to read."""
+    value = b"\x16traceparent\x6e" + format_traceparent(3, 4, True)
+    return batch([(b"k", value, [])], base_offset=base_offset)
+
+
+def more_records_than_it_holds(records: bytes) -> bytes:
+    """The batch with its record count (bytes 57-60) one too high: its records cannot be read
+    by their length prefixes, so the byte search judges it."""
+    count = int.from_bytes(records[57:61], "big") + 1
+    return records[:57] + count.to_bytes(4, "big") + records[61:]
+
+
 def compressed(records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
     """A gzip batch (kafka-python writes a batch plain when gzip would not make it smaller)."""
     data = batch(records, codec=1)
@@ -194,6 +209,7 @@ def pure_python() -> Iterator[None]:
     with (
         mock.patch.object(skim, "walk", walk_python),
         mock.patch.object(skim, "sampled_traceparent_positions", python_search),
+        mock.patch.object(skim, "sampled_record_starts", python_starts),
     ):
         yield
 
@@ -297,16 +313,20 @@ def test_responses_without_partitions_or_records_give_an_empty_list(version: int
 @pytest.mark.parametrize("version", [4, 11, 12, 13, HIGH])
 def test_unsampled_contexts_and_records_without_headers_need_no_reading(version: int) -> None:
     """Only the sampled flag makes a record worth reading: unsampled traceparents, other
-    headers and no headers at all are skimmed."""
+    headers, no headers at all and a payload that spells a sampled header are skimmed."""
     others = batch([(b"k", b"v", [("baggage", b"a=1"), ("other", b"x")])] * 2, base_offset=40)
-    topics: list[Topic] = [
-        ("t", [(0, clean(0, 30), None), (1, headerless(7, 9), None), (2, others, None)])
+    partitions: list[Partition] = [
+        (0, clean(0, 30), None),
+        (1, headerless(7, 9), None),
+        (2, others, None),
+        (3, spelled_in_a_value(50), None),
     ]
-    body = fetch_body(version, topics)
+    body = fetch_body(version, [("t", partitions)])
     assert skimmed(body, version) == [
         (topic_name(version, 0, "t"), 0, 29, 30),
         (topic_name(version, 0, "t"), 1, 15, 9),
         (topic_name(version, 0, "t"), 2, 41, 2),
+        (topic_name(version, 0, "t"), 3, 50, 1),
     ]
     assert comparable(skimmed(body, version) or [], version) == general_path(body, version)
 
@@ -349,9 +369,9 @@ DECLINED_PARTITIONS: dict[str, Callable[[], Partition]] = {
         None,
     ),
     "sampled after clean batches": lambda: (9, clean(0) + headerless(4) + sampled(7), None),
-    "a value spelling a sampled header": lambda: (
+    "a damaged batch whose value spells a sampled header": lambda: (
         9,
-        batch([(b"k", b"\x16traceparent\x6e" + format_traceparent(3, 4, True), [])]),
+        more_records_than_it_holds(spelled_in_a_value(0)),
         None,
     ),
     "compressed, no context": lambda: (9, compressed([(b"k", b"v" * 200, [])] * 3), None),
