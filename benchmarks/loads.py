@@ -23,7 +23,8 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Load:
-    """One kind of traffic. `source` names the produce load whose topic a consume load reads."""
+    """One kind of traffic. `source` names the produce load whose topic a consume load reads;
+    `source_path`, the path whose topic it reads on every path (default: each path its own)."""
 
     name: str
     kind: str  # producer-perf, consumer-perf, e2e-java, e2e-py, produce-py
@@ -32,7 +33,10 @@ class Load:
     record_size: int = 1024
     compression: str = "none"
     source: str | None = None
+    source_path: str | None = None
     description: str = ""
+    #: Run only when named in --loads.
+    diagnostic: bool = False
 
     def count(self, quick: bool, scale: float = 1.0) -> int:
         if quick:
@@ -56,6 +60,11 @@ LOADS: dict[str, Load] = {
              description="ProducerPerformance 100 B, acks=all, lz4"),
         Load("consume-1k", "consumer-perf", 80_000, 5_000, 1024, source="produce-1k",
              description="ConsumerPerformance of produce-1k's records, fresh group"),
+        Load("consume-1k-traced", "consumer-perf", 80_000, 5_000, 1024, source="produce-1k",
+             source_path="proxy-1pct",
+             description="[diagnostic: --loads] ConsumerPerformance of what produce-1k wrote "
+             "through proxy-1pct (a traceparent on each record), on every path",
+             diagnostic=True),
         Load("consume-100b", "consumer-perf", 150_000, 20_000, 100, source="produce-100b",
              description="ConsumerPerformance of produce-100b's records, fresh group"),
         Load("e2e-java", "e2e-java", 500, 100, 100,

@@ -138,7 +138,11 @@ QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "produce-py")
 
 def select_loads(names: str | None, quick: bool = False) -> list[Load]:
     if not names:
-        names = ",".join(QUICK_LOADS) if quick else ",".join(LOADS)
+        names = (
+            ",".join(QUICK_LOADS)
+            if quick
+            else ",".join(name for name, load in LOADS.items() if not load.diagnostic)
+        )
     wanted = {n.strip() for n in names.split(",") if n.strip()}
     unknown = wanted - set(LOADS)
     if unknown:
@@ -344,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     install_signal_handlers()
     loads = select_loads(args.loads, args.quick)
+    for load in loads:
+        if load.source_path and load.source_path not in chosen:
+            print(
+                f"error: load {load.name} reads what {load.source_path} wrote: add it to --only",
+                file=sys.stderr,
+            )
+            return 2
     loads_module.FULL_JIT = not args.quick
     reps = 1 if args.quick else args.reps
     counts = {load.name: load.count(args.quick, args.scale) for load in loads}
@@ -383,10 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 create_topics(cluster.bootstrap_servers, list(topics.values()))
                 for load in loads:
                     for name in run_order(path_names, rep):
-                        topic = topics[(load.source or load.name, name)]
+                        source_path = load.source_path or name
+                        topic = topics[(load.source or load.name, source_path)]
                         source_ok = not load.source or any(
                             r["ok"] for r in runs
-                            if (r["rep"], r["load"], r["path"]) == (rep, load.source, name)
+                            if (r["rep"], r["load"], r["path"]) == (rep, load.source, source_path)
                         )  # fmt: skip
                         if not source_ok:
                             continue

@@ -84,6 +84,9 @@ PRODUCE_NODE_ENDPOINTS_FROM = 10
 #: ratios (a 1 MiB response of 1 KiB records at 1% has none once in 30,000), so the general path
 #: would only skim it again: measured, that cost consume-1k a tenth more CPU at 1%.
 SKIM_WHOLE_RESPONSES_UP_TO = 64 * 1024
+#: Responses with at least this much still to come are read into place (`response_buffer`): a
+#: read of the socket's then goes straight into the frame, where it would be copied twice.
+READ_IN_PLACE_FROM = 64 * 1024
 
 
 def _decodable(api_key: int, version: int) -> bool:
@@ -423,7 +426,18 @@ class KafkaExchange:
     # -- broker -> client ------------------------------------------------------------------
 
     def from_server(self, data: bytes) -> Outcome:
-        pieces, held = self._core.from_server(data)
+        return self._server_outcome(*self._core.from_server(data))
+
+    def response_buffer(self) -> memoryview | None:
+        """Where the rest of a large response being held (a Fetch response, usually) may be
+        read into in place, saving its copies; None when the next bytes are read as usual."""
+        return self._core.response_buffer(READ_IN_PLACE_FROM)
+
+    def from_server_filled(self, nbytes: int) -> Outcome:
+        """`from_server` for `nbytes` read into the `response_buffer`."""
+        return self._server_outcome(*self._core.response_filled(nbytes))
+
+    def _server_outcome(self, pieces: list[Any], held: int) -> Outcome:
         if not held:
             return Outcome(pieces)
         outcome = Outcome()

@@ -13,7 +13,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from .brokers import BrokerDirectory, TopicNames
@@ -26,6 +26,8 @@ from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+#: Bytes read from a broker at a time outside a large response (uvloop's own read size).
+READ_SIZE = 256 * 1024
 
 _connection_ids = itertools.count(1)
 
@@ -45,6 +47,9 @@ class Runtime:
     upstream_ssl: ssl.SSLContext | None = None
     #: TLS towards clients (None: plaintext).
     listen_ssl: ssl.SSLContext | None = None
+    #: Where brokers' bytes are read outside a large response, copied out at once: one for every
+    #: connection, as the event loop reads one connection at a time.
+    read_buffer: bytearray = field(default_factory=lambda: bytearray(READ_SIZE))
 
 
 class _Pauser:
@@ -209,6 +214,16 @@ class ClientConnection(asyncio.Protocol):
         if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
 
+    @property
+    def read_buffer(self) -> bytearray:
+        return self._runtime.read_buffer
+
+    def server_buffer(self) -> memoryview | None:
+        """Where the broker's next bytes may be read straight into (the rest of a large
+        response), or None."""
+        exchange = self._exchange
+        return exchange.response_buffer() if exchange is not None and not self._closed else None
+
     def server_data(self, data: bytes) -> None:
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
@@ -219,6 +234,24 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             self._fail(exc, "broker")
             return
+        self._pass_to_client(exchange, client, outcome)
+
+    def server_filled(self, nbytes: int) -> None:
+        """`nbytes` of the broker's were read into the `server_buffer`."""
+        exchange, client = self._exchange, self._client
+        if exchange is None or client is None:
+            return
+        self._from_server += nbytes
+        try:
+            outcome = exchange.from_server_filled(nbytes)
+        except Exception as exc:
+            self._fail(exc, "broker")
+            return
+        self._pass_to_client(exchange, client, outcome)
+
+    def _pass_to_client(
+        self, exchange: KafkaExchange, client: asyncio.Transport, outcome: Outcome
+    ) -> None:
         self._to_client += self._send(client, outcome)
         for action in outcome.after_send:
             action()
@@ -310,14 +343,30 @@ class ClientConnection(asyncio.Protocol):
         self._runtime.metrics.add("connections_open", -1)
 
 
-class ServerConnection(asyncio.Protocol):
-    """The proxy's connection to a broker, on behalf of one client connection."""
+class ServerConnection(asyncio.BufferedProtocol):
+    """The proxy's connection to a broker, on behalf of one client connection.
+
+    It reads into buffers it gives the event loop: the rest of a large response straight into
+    the frame the exchange assembles (no copy of its own, where a read as bytes would be copied
+    into a bytes object and then into the joined frame), anything else into a scratch buffer,
+    copied out at once as the bytes object the exchange keeps (the scratch buffer is shared).
+    """
 
     def __init__(self, client: ClientConnection) -> None:
         self._client = client
+        self._scratch = client.read_buffer
+        self._in_place = False
 
-    def data_received(self, data: bytes) -> None:
-        self._client.server_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        view = self._client.server_buffer()
+        self._in_place = view is not None
+        return view if view is not None else self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._in_place:
+            self._client.server_filled(nbytes)
+        else:
+            self._client.server_data(bytes(memoryview(self._scratch)[:nbytes]))
 
     def pause_writing(self) -> None:
         self._client.server_paused()

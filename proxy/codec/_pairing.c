@@ -9,7 +9,8 @@
  * Forwarded pieces are the object fed in (where a piece covers the whole read; the Python twin
  * gives a memoryview of it there, except for a read that is exactly one frame) or memoryview
  * slices of it; a held frame split over reads is joined into bytes once whole, as the Python
- * scanner does. A Produce request held for its acks is read as soon as it is whole, where the
+ * scanner does, unless the owner reads the rest of it in place (response_buffer): it then comes
+ * out as the bytearray it was read into. A Produce request held for its acks is read as soon as it is whole, where the
  * Python twin reads it after the whole read was split: after an error in the same read (the
  * connection then closes) `in_flight` may differ. The ring of pending requests grows as needed (the relay stops reading a client that has
  * too many requests outstanding, so it stays small).
@@ -59,6 +60,7 @@ typedef struct {
     unsigned char head[SIZE_PREFIX + REQUEST_PEEK];
     Py_ssize_t head_len;
     PyObject *held;          /* list of kept pieces of a frame being held, or NULL */
+    PyObject *assembly;      /* or the bytearray it is read into in place (reserve), or NULL */
     Py_ssize_t held_size, held_remaining;
     PyObject *held_token;    /* owned */
 } Scanner;
@@ -583,6 +585,58 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
     return append_new(feed->out, item);
 }
 
+/* The frame read in place is whole: it goes out as emit_held sends any held frame. */
+static int
+emit_assembled(PairingCore *self, Scanner *scanner, Feed *feed)
+{
+    PyObject *token = scanner->held_token;
+    PyObject *frame = scanner->assembly;
+    scanner->held_token = NULL;
+    scanner->assembly = NULL;
+    int failed = emit_held(self, scanner, feed, token, frame);
+    Py_DECREF(token);
+    return failed;
+}
+
+/* FrameScanner.reserve: a writable view of the rest of the frame being held, once its pieces
+ * were copied into one bytearray of the frame's size; Py_None when no frame is being held or
+ * fewer than min_size of its bytes are still to come. */
+static PyObject *
+scanner_reserve(Scanner *scanner, Py_ssize_t min_size)
+{
+    if (scanner->assembly == NULL) {
+        if (scanner->held == NULL || scanner->held_remaining < min_size) {
+            Py_RETURN_NONE;
+        }
+        PyObject *assembly =
+            PyByteArray_FromStringAndSize(NULL, scanner->held_size + scanner->held_remaining);
+        if (assembly == NULL) {
+            return NULL;
+        }
+        char *into = PyByteArray_AS_STRING(assembly);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(scanner->held); i++) {
+            Py_buffer piece;
+            if (PyObject_GetBuffer(PyList_GET_ITEM(scanner->held, i), &piece, PyBUF_SIMPLE) < 0) {
+                Py_DECREF(assembly);
+                return NULL;
+            }
+            memcpy(into, piece.buf, (size_t)piece.len);
+            into += piece.len;
+            PyBuffer_Release(&piece);
+        }
+        Py_CLEAR(scanner->held);
+        scanner->assembly = assembly;
+    }
+    PyObject *whole = PyMemoryView_FromObject(scanner->assembly);
+    if (whole == NULL) {
+        return NULL;
+    }
+    PyObject *rest =
+        PySequence_GetSlice(whole, scanner->held_size, scanner->held_size + scanner->held_remaining);
+    Py_DECREF(whole);
+    return rest;
+}
+
 static int
 frame_size(PairingCore *self, Scanner *scanner, const unsigned char *prefix, Py_ssize_t *size)
 {
@@ -624,7 +678,8 @@ scanner_feed(PairingCore *self, Scanner *scanner, PyObject *data)
     }
     Py_ssize_t whole = end - SIZE_PREFIX;
     if (peek <= whole && whole <= self->max_frame_size && !scanner->forward_remaining &&
-        !scanner->head_len && scanner->held == NULL && end >= SIZE_PREFIX &&
+        !scanner->head_len && scanner->held == NULL && scanner->assembly == NULL &&
+        end >= SIZE_PREFIX &&
         be32(buf) == whole) {
         /* One whole frame in one read, the usual case for requests and small responses. */
         PyObject *token = classify(self, scanner, buf + SIZE_PREFIX, whole);
@@ -666,6 +721,19 @@ scanner_feed(PairingCore *self, Scanner *scanner, PyObject *data)
             }
             pos += take;
             scanner->forward_remaining -= take;
+            continue;
+        }
+        if (scanner->assembly != NULL) {
+            Py_ssize_t take =
+                scanner->held_remaining < end - pos ? scanner->held_remaining : end - pos;
+            memcpy(PyByteArray_AS_STRING(scanner->assembly) + scanner->held_size, buf + pos,
+                   (size_t)take);
+            scanner->held_size += take;
+            pos += take;
+            scanner->held_remaining -= take;
+            if (!scanner->held_remaining && emit_assembled(self, scanner, &feed) < 0) {
+                goto done;
+            }
             continue;
         }
         if (scanner->held != NULL) {
@@ -966,6 +1034,7 @@ static void
 scanner_clear(Scanner *scanner)
 {
     Py_CLEAR(scanner->held);
+    Py_CLEAR(scanner->assembly);
     Py_CLEAR(scanner->held_token);
 }
 
@@ -976,6 +1045,8 @@ core_traverse(PairingCore *self, visitproc visit, void *arg)
     Py_VISIT(self->requests.held);
     Py_VISIT(self->requests.held_token);
     Py_VISIT(self->responses.held);
+    Py_VISIT(self->requests.assembly);
+    Py_VISIT(self->responses.assembly);
     Py_VISIT(self->responses.held_token);
     for (Py_ssize_t i = 0; i < self->ring_len; i++) {
         Py_VISIT(pending_at(self, i)->state);
@@ -1035,6 +1106,47 @@ static PyObject *
 core_from_server(PairingCore *self, PyObject *data)
 {
     return scanner_feed(self, &self->responses, data);
+}
+
+static PyObject *
+core_response_buffer(PairingCore *self, PyObject *arg)
+{
+    Py_ssize_t min_size = PyLong_AsSsize_t(arg);
+    if (min_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return scanner_reserve(&self->responses, min_size);
+}
+
+static PyObject *
+core_response_filled(PairingCore *self, PyObject *arg)
+{
+    Scanner *scanner = &self->responses;
+    Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
+    if (nbytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (scanner->assembly == NULL) {
+        PyErr_SetString(PyExc_ValueError, "no frame is being read in place");
+        return NULL;
+    }
+    if (nbytes < 0 || nbytes > scanner->held_remaining) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes cannot have been read into the %zd reserved",
+                     nbytes, scanner->held_remaining);
+        return NULL;
+    }
+    Feed feed = {NULL, {0}, NULL, PyList_New(0), 0};
+    if (feed.out == NULL) {
+        return NULL;
+    }
+    scanner->held_size += nbytes;
+    scanner->held_remaining -= nbytes;
+    PyObject *result = NULL;
+    if (scanner->held_remaining || emit_assembled(self, scanner, &feed) == 0) {
+        result = Py_BuildValue("(On)", feed.out, feed.held);
+    }
+    Py_DECREF(feed.out);
+    return result;
 }
 
 static PyObject *
@@ -1179,6 +1291,11 @@ static PyMethodDef core_methods[] = {
      "What to forward and the held requests, in stream order, and how many are held."},
     {"from_server", (PyCFunction)core_from_server, METH_O,
      "What to forward and the held responses, in stream order, and how many are held."},
+    {"response_buffer", (PyCFunction)core_response_buffer, METH_O,
+     "Where the rest of a response being held may be read into in place, or None."},
+    {"response_filled", (PyCFunction)core_response_filled, METH_O,
+     "How many bytes were read into the response buffer: what to forward and the held "
+     "responses, as from_server gives them."},
     {"attach", (PyCFunction)core_attach, METH_VARARGS,
      "Keep a state with a handed-over request; its response is handed over with it."},
     {"forget", (PyCFunction)core_forget, METH_O, "A handed-over request gets no response."},

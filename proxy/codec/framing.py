@@ -32,8 +32,9 @@ class Held(NamedTuple):
     """One whole frame, held because its owner wants to inspect it."""
 
     token: Any
-    #: The whole frame, size prefix included, so an unchanged frame is forwarded as it is.
-    frame: bytes | memoryview
+    #: The whole frame, size prefix included, so an unchanged frame is forwarded as it is (the
+    #: bytearray it was read into, for a frame read in place).
+    frame: bytes | bytearray | memoryview
 
     @property
     def body(self) -> memoryview:
@@ -57,6 +58,8 @@ class FrameScanner:
         self._head = bytearray()
         #: Pieces of a frame being held (slices of the buffers fed in), joined once it is whole.
         self._held: list[bytes | memoryview] | None = None
+        #: Or the one buffer it is read into in place (`reserve`), of the frame's size.
+        self._assembly: bytearray | None = None
         self._held_size = 0
         self._held_remaining = 0
         self._held_token: Any = None
@@ -64,11 +67,17 @@ class FrameScanner:
     @property
     def buffered(self) -> int:
         """Bytes kept back between calls (a partial header or a partial held frame)."""
-        return len(self._head) + (self._held_size if self._held is not None else 0)
+        holding = self._held is not None or self._assembly is not None
+        return len(self._head) + (self._held_size if holding else 0)
 
     @property
     def at_frame_boundary(self) -> bool:
-        return not self._forward_remaining and not self._head and self._held is None
+        return (
+            not self._forward_remaining
+            and not self._head
+            and self._held is None
+            and self._assembly is None
+        )
 
     def _frame_size(self, prefix: bytes | memoryview) -> int:
         size = int.from_bytes(prefix[:SIZE_PREFIX], "big", signed=True)
@@ -89,6 +98,7 @@ class FrameScanner:
             and not self._forward_remaining
             and not self._head
             and self._held is None
+            and self._assembly is None
             and int.from_bytes(data[:SIZE_PREFIX], "big", signed=True) == size
         ):
             # One whole frame in one read, the usual case for requests and small responses.
@@ -114,6 +124,12 @@ class FrameScanner:
                     run_start = pos
                 pos += take
                 self._forward_remaining -= take
+                continue
+            if self._assembly is not None:
+                take = min(self._held_remaining, end - pos)
+                self._assembly[self._held_size : self._held_size + take] = view[pos : pos + take]
+                pos += take
+                out += self.filled(take)
                 continue
             if self._held is not None:
                 take = min(self._held_remaining, end - pos)
@@ -174,6 +190,40 @@ class FrameScanner:
                     self._held = None
         flush_run(pos)
         return out
+
+    def reserve(self, min_size: int) -> memoryview | None:
+        """Where the rest of the frame being held may be read into in place, when at least
+        `min_size` of its bytes are still to come (else None: feed them).
+
+        A large held frame then needs no copy of its own: the owner reads the socket straight
+        into the frame (`asyncio.BufferedProtocol`), says how much came with `filled`, and gets
+        the frame, once whole, as the bytearray it was read into. The pieces already received
+        are copied into it once, here.
+        """
+        if self._assembly is None:
+            if self._held is None or self._held_remaining < min_size:
+                return None
+            self._assembly = bytearray(self._held_size + self._held_remaining)
+            self._assembly[: self._held_size] = b"".join(self._held)
+            self._held = None
+        return memoryview(self._assembly)[self._held_size :]
+
+    def filled(self, nbytes: int) -> list[Forward | Held]:
+        """`nbytes` were read into the view `reserve` gave: the frame, once whole."""
+        if self._assembly is None:
+            raise ValueError("no frame is being read in place")
+        if not 0 <= nbytes <= self._held_remaining:
+            raise ValueError(
+                f"{nbytes} bytes cannot have been read into the {self._held_remaining} reserved"
+            )
+        self._held_size += nbytes
+        self._held_remaining -= nbytes
+        if self._held_remaining:
+            return []
+        whole = Held(self._held_token, self._assembly)
+        self._assembly = None
+        self._held_token = None
+        return [whole]
 
 
 def _kept(piece: memoryview) -> bytes | memoryview:

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import native
 from .errors import FrameTooLarge, ProtocolError
-from .framing import Forward, FrameScanner
+from .framing import Forward, FrameScanner, Held
 from .guard import Program, walk
 from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id, peek_request
 from .produce import plain_header_size, produce_acks
@@ -295,9 +295,21 @@ class PairingCorePython:
     def from_server(self, data: bytes) -> tuple[list[Any], int]:
         """What to forward and held responses (`HeldResponse`), in stream order, and how many
         of the items are held responses."""
+        return self._responses_out(self._responses.feed(data))
+
+    def response_buffer(self, min_size: int) -> memoryview | None:
+        """Where the rest of a response being held may be read into in place, when at least
+        `min_size` of its bytes are still to come; None otherwise (`FrameScanner.reserve`)."""
+        return self._responses.reserve(min_size)
+
+    def response_filled(self, nbytes: int) -> tuple[list[Any], int]:
+        """`nbytes` were read into the response buffer: `from_server`'s answer for them."""
+        return self._responses_out(self._responses.filled(nbytes))
+
+    def _responses_out(self, pieces: list[Forward | Held]) -> tuple[list[Any], int]:
         out: list[Any] = []
         held = 0
-        for piece in self._responses.feed(data):
+        for piece in pieces:
             if type(piece) is Forward:
                 out.append(piece.data)
                 continue

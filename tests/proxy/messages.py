@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import uuid
 from importlib import import_module
@@ -62,3 +63,12 @@ def fetch_response(version: int = 16, *, endpoints: bool = False, error: int = 0
             else ()
         ),
     )
+
+
+def large_fetch_frame(correlation_id: int, size: int, *, endpoints: bool = False) -> bytes:
+    """A `fetch_response` (v16) frame whose one partition holds `size` opaque record bytes."""
+    response = fetch_response(16, endpoints=endpoints)
+    topic = response.responses[0]
+    partition = dataclasses.replace(topic.partitions[0], records=b"r" * size)
+    topic = dataclasses.replace(topic, partitions=(partition,))
+    return response_frame(dataclasses.replace(response, responses=(topic,)), correlation_id)

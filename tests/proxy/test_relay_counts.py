@@ -13,8 +13,8 @@ from proxy.interceptors import Interceptors
 from proxy.metrics import Metrics
 from proxy.relay import ClientConnection, Runtime, ServerConnection
 
-from .messages import request_frame, response_frame
-from .test_exchange import MetadataRequest, _metadata_response
+from .messages import large_fetch_frame, request_frame, response_frame
+from .test_exchange import MetadataRequest, _fetch_request, _metadata_response
 
 
 class _Transport:
@@ -72,6 +72,21 @@ async def _connected(metrics: Metrics) -> tuple[ClientConnection, ServerConnecti
     return client, ServerConnection(client), client_side
 
 
+def _receive(server: ServerConnection, data: bytes, read_size: int = 1 << 18) -> list[Any]:
+    """The broker's bytes as the event loop hands them to the buffered protocol, in reads of
+    up to `read_size`; the buffers it was given, in order."""
+    buffers: list[Any] = []
+    pos = 0
+    while pos < len(data):
+        buffer = server.get_buffer(-1)
+        size = min(len(buffer), read_size, len(data) - pos)
+        buffer[:size] = data[pos : pos + size]
+        server.buffer_updated(size)
+        buffers.append(buffer)
+        pos += size
+    return buffers
+
+
 def _bytes(metrics: Metrics, direction: str) -> float:
     return metrics.value("bytes", direction=direction)
 
@@ -88,7 +103,7 @@ def test_counts_are_exact_when_read_during_and_after_a_connection() -> None:
     assert _bytes(metrics, "proxy_to_server") == len(sent)
     assert metrics.value("requests", api_key=3) == 1
     answer = response_frame(_metadata_response(), 1)
-    server.data_received(answer)
+    _receive(server, answer)
     assert _bytes(metrics, "server_to_proxy") == len(answer)
     assert _bytes(metrics, "proxy_to_client") == len(client_side.written)  # addresses rewritten
     client.data_received(sent[:14])  # a request still arriving when the connection closes
@@ -109,3 +124,25 @@ def test_a_closed_connection_is_no_longer_asked_for_counts() -> None:
     del client
     gc.collect()
     assert metrics.value("bytes", direction="client_to_proxy") == 0
+
+
+def test_the_rest_of_a_large_response_is_read_straight_into_its_frame() -> None:
+    """A 1 MiB Fetch response in 64 KiB reads: the first goes through the scratch buffer, the
+    rest into the frame being assembled; the client gets the response byte for byte, and the
+    next small response goes through the scratch buffer again."""
+    metrics = Metrics()
+    client, server, client_side = _connection(metrics)
+    client.data_received(request_frame(_fetch_request(), 1))
+    client.data_received(request_frame(_fetch_request(), 2))
+    large, small = large_fetch_frame(1, 1 << 20), large_fetch_frame(2, 10)
+    buffers = _receive(server, large + small, read_size=1 << 16)
+    assert bytes(client_side.written) == large + small
+    scratch = buffers[0]
+    assert type(scratch) is bytearray
+    in_place = [b for b in buffers if b is not scratch]
+    assert len(in_place) == len(large) // (1 << 16), "every read after the first"
+    assert all(type(b) is memoryview for b in in_place)
+    assert len({id(b.obj) for b in in_place}) == 1, "all into the one frame"
+    assert buffers[-1] is scratch
+    assert _bytes(metrics, "server_to_proxy") == len(large) + len(small)
+    assert _bytes(metrics, "proxy_to_client") == len(large) + len(small)

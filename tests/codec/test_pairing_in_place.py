@@ -1,0 +1,180 @@
+"""Large responses read in place: the relay reads the rest of a held response straight into the
+frame (`response_buffer`, `response_filled`) instead of feeding bytes the core would join.
+
+Both twins must give the owner what feeding the same bytes gives (the same frames, verdicts and
+forwarded bytes, the same counts), refuse misuse with the same messages, and hand over the very
+buffer the bytes were read into, so no copy is made of it.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+from typing import Any
+
+import pytest
+
+from proxy.codec import native
+from proxy.codec.pairing import PairingCorePython
+from proxy.exchange import READ_IN_PLACE_FROM
+
+from ..proxy.messages import large_fetch_frame
+from .test_pairing import ERRORS, FRAME, POLICIES, _request
+
+MAX_FRAME = 1 << 24
+
+
+def _cores(policy: str) -> list[Any]:
+    """The Python twin, and the compiled one when built."""
+    cores = [PairingCorePython(POLICIES[policy], MAX_FRAME, ERRORS)]
+    if native.compiled is not None:
+        cores.append(native.compiled.PairingCore(POLICIES[policy], MAX_FRAME, ERRORS))
+    return cores
+
+
+def _observed(results: list[tuple[list[Any], int]]) -> list[Any]:
+    """What the owner sees: forwarded bytes (runs merged) and held items with their frame as
+    bytes, whatever the reads."""
+    seen: list[Any] = []
+    for items, held in results:
+        assert held == sum(1 for item in items if type(item) is tuple)
+        for item in items:
+            if type(item) is tuple:
+                seen.append(tuple(bytes(x) if i == FRAME else x for i, x in enumerate(item)))
+            elif seen and type(seen[-1]) is bytes:
+                seen[-1] += bytes(item)
+            else:
+                seen.append(bytes(item))
+    return seen
+
+
+def _read(core: Any, stream: bytes, rng: random.Random, in_place: bool) -> list[Any]:
+    """The stream as a socket delivers it, in reads of up to 100 KiB; with `in_place`, every
+    read the core offers a buffer for goes into it, as the relay's BufferedProtocol does."""
+    results: list[tuple[list[Any], int]] = []
+    pos = 0
+    while pos < len(stream):
+        size = min(rng.randrange(1, 100_000), len(stream) - pos)
+        view = core.response_buffer(READ_IN_PLACE_FROM) if in_place else None
+        if view is None:
+            results.append(core.from_server(stream[pos : pos + size]))
+        else:
+            size = min(size, len(view))
+            view[:size] = stream[pos : pos + size]
+            results.append(core.response_filled(size))
+        pos += size
+    return _observed(results)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("seed", range(12))
+def test_responses_read_in_place_come_out_as_when_fed(policy: str, seed: int) -> None:
+    """Large and small responses, with and without node endpoints, back to back."""
+    rng = random.Random(seed)
+    responses = [
+        large_fetch_frame(
+            n, rng.choice([10, 5_000, 70_000, 300_000, 1_200_000]), endpoints=rng.random() < 0.3
+        )
+        for n in range(1, 7)
+    ]
+    stream = b"".join(responses)
+    answers = []
+    for in_place in (False, True):
+        for core in _cores(policy):
+            for n in range(1, 7):
+                core.from_client(_request(1, 16, n))
+            answers.append((_read(core, stream, random.Random(seed), in_place), core.in_flight))
+    assert all(answer == answers[0] for answer in answers)
+    frames = [item[FRAME] if type(item) is tuple else item for item in answers[0][0]]
+    assert b"".join(frames) == stream
+    assert answers[0][1] == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_frame_handed_over_is_the_buffer_it_was_read_into(policy: str) -> None:
+    response = large_fetch_frame(1, 500_000, endpoints=True)  # handed over under both policies
+    for core in _cores(policy):
+        core.from_client(_request(1, 16, 1))
+        assert core.from_server(response[:1000]) == ([], 0)
+        view = core.response_buffer(READ_IN_PLACE_FROM)
+        assert view is not None and len(view) == len(response) - 1000
+        assert core.response_buffer(READ_IN_PLACE_FROM).obj is view.obj, "the same frame"
+        view[:] = response[1000:]
+        ((*_, frame, walked),), held = core.response_filled(len(view))
+        assert frame is view.obj and type(frame) is bytearray
+        assert held == 1 and walked is False and frame == response
+
+
+def test_nothing_is_offered_outside_a_large_held_response() -> None:
+    small, large = large_fetch_frame(1, 1_000), large_fetch_frame(2, 200_000)
+    for core in _cores("tracing on"):
+        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "nothing outstanding"
+        core.from_client(_request(1, 16, 1))
+        core.from_client(_request(1, 16, 2))
+        core.from_server(small[:100])
+        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "too little to come"
+        core.from_server(small[100:] + large[: len(large) - READ_IN_PLACE_FROM + 1])
+        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "one byte short of the bound"
+        assert core.response_buffer(READ_IN_PLACE_FROM - 1) is not None
+        items, held = core.from_server(large[len(large) - READ_IN_PLACE_FROM + 1 :])
+        assert held == 1 and bytes(items[0][FRAME]) == large, "fed bytes go into the frame"
+        assert core.response_buffer(0) is None, "whole: nothing more to read into"
+
+
+def test_bytes_fed_after_a_read_in_place_finish_the_frame_and_go_on() -> None:
+    """The relay may feed the rest as bytes (a read it did not offer the frame for): the
+    bytes past the frame's end are the next responses, cut as usual."""
+    large, small = large_fetch_frame(1, 300_000), large_fetch_frame(2, 10)
+    for core in _cores("tracing on"):
+        core.from_client(_request(1, 16, 1))
+        core.from_client(_request(1, 16, 2))
+        core.from_server(large[:50_000])
+        view = core.response_buffer(READ_IN_PLACE_FROM)
+        view[:100_000] = large[50_000:150_000]
+        assert core.response_filled(100_000) == ([], 0)
+        assert core.response_filled(0) == ([], 0)
+        items, held = core.from_server(large[150_000:] + small)
+        assert held == 2
+        assert [bytes(item[FRAME]) for item in items] == [large, small]
+        assert core.in_flight == 0
+
+
+def test_misuse_is_refused_alike() -> None:
+    response = large_fetch_frame(1, 200_000)
+    messages = []
+    for core in _cores("tracing on"):
+        answers = []
+        with pytest.raises(ValueError) as refused:
+            core.response_filled(10)
+        answers.append(str(refused.value))
+        core.from_client(_request(1, 16, 1))
+        core.from_server(response[:10])
+        view = core.response_buffer(READ_IN_PLACE_FROM)
+        for nbytes in (len(view) + 1, -1):
+            with pytest.raises(ValueError) as refused:
+                core.response_filled(nbytes)
+            answers.append(str(refused.value))
+        messages.append(answers)
+    assert messages[0] == [
+        "no frame is being read in place",
+        f"{len(response) - 9} bytes cannot have been read into the {len(response) - 10} reserved",
+        f"-1 bytes cannot have been read into the {len(response) - 10} reserved",
+    ]
+    assert all(answers == messages[0] for answers in messages)
+
+
+@pytest.mark.skipif(native.compiled is None, reason="extension not built")
+def test_a_connection_closed_mid_frame_lets_its_buffer_go() -> None:
+    """The compiled core keeps the frame being read while it lives, and no longer."""
+    assert native.compiled is not None
+    core = native.compiled.PairingCore(POLICIES["tracing on"], MAX_FRAME, ERRORS)
+    core.from_client(_request(1, 16, 1))
+    core.from_server(large_fetch_frame(1, 200_000)[:10])
+    view = core.response_buffer(READ_IN_PLACE_FROM)
+    frame = view.obj
+    view.release()
+    held_by_core = sys.getrefcount(frame)
+    del core, view
+    gc.collect()
+    assert sys.getrefcount(frame) == held_by_core - 1 == 2, "only this test holds it now"
