@@ -171,11 +171,13 @@ def sampled_record_cost(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str
 
     Paired by repetition, so both runs saw the same machine state. A record at 100% also pays
     for its span's export (or for dropping it when the export queue is full: see spans_dropped).
+    Loads that read another path's records (`read_from`) are left out: at 100% they are not
+    all sampled.
     """
     cpu: dict[tuple[str, str, int], float] = {}
     sampled: dict[tuple[str, int], float] = {}
     for run in runs:
-        if run["kind"] not in THROUGHPUT_KINDS:
+        if run["kind"] not in THROUGHPUT_KINDS or run.get("read_from"):
             continue
         if run["ok"] and run.get("relay"):
             cpu[(run["load"], run["path"], run["rep"])] = run["relay"]["cpu_seconds"]

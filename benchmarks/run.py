@@ -251,6 +251,7 @@ def measure(
         "load": load.name,
         "kind": load.kind,
         "path": path.name,
+        "read_from": load.source_path,
         "ok": result.ok and not leak["bypassing_connections"],
         "error": error,
         "records": result.records,
@@ -528,6 +529,7 @@ def build_document(
                 "records": counts[ld.name],
                 "record_size": ld.record_size,
                 "compression": ld.compression,
+                "read_from": ld.source_path,
                 "description": ld.description,
             }
             for ld in loads
