@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from .brokers import BrokerDirectory, TopicNames
 from .codec.errors import ProtocolError
@@ -225,33 +225,25 @@ class ClientConnection(asyncio.Protocol):
         return exchange.response_buffer() if exchange is not None and not self._closed else None
 
     def server_data(self, data: bytes) -> None:
-        exchange, client = self._exchange, self._client
-        if exchange is None or client is None:
-            return
-        self._from_server += len(data)
-        try:
-            outcome = exchange.from_server(data)
-        except Exception as exc:
-            self._fail(exc, "broker")
-            return
-        self._pass_to_client(exchange, client, outcome)
+        self._from_broker(len(data), KafkaExchange.from_server, data)
 
     def server_filled(self, nbytes: int) -> None:
         """`nbytes` of the broker's were read into the `server_buffer`."""
+        self._from_broker(nbytes, KafkaExchange.from_server_filled, nbytes)
+
+    def _from_broker(
+        self, count: int, take: Callable[[KafkaExchange, Any], Outcome], read: Any
+    ) -> None:
+        """Hand what the broker sent (`count` bytes) to the exchange and its outcome on."""
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
             return
-        self._from_server += nbytes
+        self._from_server += count
         try:
-            outcome = exchange.from_server_filled(nbytes)
+            outcome = take(exchange, read)
         except Exception as exc:
             self._fail(exc, "broker")
             return
-        self._pass_to_client(exchange, client, outcome)
-
-    def _pass_to_client(
-        self, exchange: KafkaExchange, client: asyncio.Transport, outcome: Outcome
-    ) -> None:
         self._to_client += self._send(client, outcome)
         for action in outcome.after_send:
             action()

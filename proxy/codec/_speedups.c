@@ -95,6 +95,23 @@ append_ssize(PyObject *list, Py_ssize_t value)
     return result;
 }
 
+/* The window [start, end) of a buffer a scan was given: negative bounds are refused, as the
+ * twins refuse them (no from-the-end indexing), with the buffer released; an end past the data
+ * means the end of the data. 0, or -1 with ValueError. */
+static int
+window_of(Py_buffer *view, Py_ssize_t start, Py_ssize_t *end)
+{
+    if (start < 0 || *end < 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+        return -1;
+    }
+    if (*end > view->len) {
+        *end = view->len;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(sampled_traceparent_positions_doc,
 "sampled_traceparent_positions(data, start, end) -> list[int]\n\n"
 "Where in data[start:end] a traceparent header with the sampled flag may start.");
@@ -108,13 +125,8 @@ sampled_traceparent_positions(PyObject *module, PyObject *args)
         return NULL;
     }
     const unsigned char *data = view.buf;
-    if (start < 0 || end < 0) { /* the twin refuses them too (no from-the-end indexing) */
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+    if (window_of(&view, start, &end) < 0) {
         return NULL;
-    }
-    if (end > view.len) { /* an end past the data means the end of the data, as in the twin */
-        end = view.len;
     }
     PyObject *positions = PyList_New(0);
     if (positions == NULL) {
@@ -643,13 +655,8 @@ sampled_record_starts(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nni", &view, &start, &end, &record_count)) {
         return NULL;
     }
-    if (start < 0 || end < 0) { /* the twin refuses them too (no from-the-end indexing) */
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "start and end must not be negative");
+    if (window_of(&view, start, &end) < 0) {
         return NULL;
-    }
-    if (end > view.len) { /* an end past the data means the end of the data, as in the twin */
-        end = view.len;
     }
     PyObject *starts;
     int failed = sampled_starts(view.buf, start, end, record_count, &starts);
