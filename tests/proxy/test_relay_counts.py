@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from typing import Any
 
@@ -146,3 +147,26 @@ def test_the_rest_of_a_large_response_is_read_straight_into_its_frame() -> None:
     assert buffers[-1] is scratch
     assert _bytes(metrics, "server_to_proxy") == len(large) + len(small)
     assert _bytes(metrics, "proxy_to_client") == len(large) + len(small)
+
+
+def test_a_large_response_read_in_place_is_rewritten_as_when_fed_whole() -> None:
+    """A Metadata response of 3,000 topics (over 64 KiB) read in 16 KiB reads, most of them
+    into its frame: its broker addresses are rewritten exactly as when it arrives in one read."""
+    topics = _metadata_response().topics[0]
+    many = dataclasses.replace(
+        _metadata_response(),
+        topics=tuple(dataclasses.replace(topics, name=f"orders-{n:05}") for n in range(3000)),
+    )
+    answer = response_frame(many, 1)
+    assert len(answer) > (1 << 16) + (1 << 14)
+    request = MetadataRequest(
+        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+    )
+    written = []
+    for read_size in (len(answer), 1 << 14):
+        client, server, client_side = _connection(Metrics())
+        client.data_received(request_frame(request, 1))
+        buffers = _receive(server, answer, read_size=read_size)
+        written.append(bytes(client_side.written))
+        assert any(type(b) is memoryview for b in buffers) == (read_size < len(answer))
+    assert written[0] == written[1] != answer  # rewritten, the same way
