@@ -84,8 +84,9 @@ PRODUCE_NODE_ENDPOINTS_FROM = 10
 #: ratios (a 1 MiB response of 1 KiB records at 1% has none once in 30,000), so the general path
 #: would only skim it again: measured, that cost consume-1k a tenth more CPU at 1%.
 SKIM_WHOLE_RESPONSES_UP_TO = 64 * 1024
-#: Responses with at least this much still to come are read into place (`response_buffer`): a
-#: read of the socket's then goes straight into the frame, where it would be copied twice.
+#: Requests and responses with at least this much still to come are read into place
+#: (`request_buffer`, `response_buffer`): a read of the socket's then goes straight into the
+#: frame, where it would be copied twice.
 READ_IN_PLACE_FROM = 64 * 1024
 
 
@@ -264,7 +265,19 @@ class KafkaExchange:
     # -- client -> broker ------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> Outcome:
-        pieces, held = self._core.from_client(data)
+        return self._client_outcome(*self._core.from_client(data))
+
+    def request_buffer(self) -> memoryview | None:
+        """Where the rest of a large request being held (a Produce request of big batches,
+        usually) may be read into in place, saving its copies; None when the next bytes are
+        read as usual."""
+        return self._core.request_buffer(READ_IN_PLACE_FROM)
+
+    def from_client_filled(self, nbytes: int) -> Outcome:
+        """`from_client` for `nbytes` read into the `request_buffer`."""
+        return self._client_outcome(*self._core.request_filled(nbytes))
+
+    def _client_outcome(self, pieces: list[Any], held: int) -> Outcome:
         if not held:
             return Outcome(pieces)
         outcome = Outcome()

@@ -76,8 +76,15 @@ class _Pauser:
             self.transport.resume_reading()
 
 
-class ClientConnection(asyncio.Protocol):
-    """A client's connection to a proxy listener, and the broker connection behind it."""
+class ClientConnection(asyncio.BufferedProtocol):
+    """A client's connection to a proxy listener, and the broker connection behind it.
+
+    Both sides are read into buffers the relay gives the event loop: the rest of a large request
+    or response straight into the frame the exchange assembles (no copy of its own, where a read
+    as bytes would be copied into a bytes object and then into the joined frame), anything else
+    into the one scratch buffer all connections share, copied out at once as the bytes object the
+    exchange keeps.
+    """
 
     def __init__(
         self,
@@ -96,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._early: list[bytes] = []
+        self._reading_in_place = False
         self.id = next(_connection_ids)
         self._max_in_flight = runtime.settings.max_in_flight
         # Bytes moved since the metrics last asked (plain ints on the hot path, added to the
@@ -193,18 +201,40 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(data)
         self._client_reading.resume("connecting")
 
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        exchange = self._exchange
+        view = None
+        if exchange is not None and self._server is not None and not self._closed:
+            view = exchange.request_buffer()
+        self._reading_in_place = view is not None
+        return view if view is not None else self._runtime.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._reading_in_place:
+            self._from_application(nbytes, KafkaExchange.from_client_filled, nbytes)
+        else:
+            self.data_received(bytes(memoryview(self._runtime.read_buffer)[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
-        exchange, server = self._exchange, self._server
         if self._closed:
             return
-        if exchange is None or server is None:
+        if self._exchange is None or self._server is None:
             # Reading is paused until the broker connection is up, but an event loop may
             # already have read the first bytes (uvloop does): keep them for later.
             self._early.append(data)
             return
-        self._from_client += len(data)
+        self._from_application(len(data), KafkaExchange.from_client, data)
+
+    def _from_application(
+        self, count: int, take: Callable[[KafkaExchange, Any], Outcome], read: Any
+    ) -> None:
+        """Hand what the client sent (`count` bytes) to the exchange and its outcome on."""
+        exchange, server = self._exchange, self._server
+        if self._closed or exchange is None or server is None:
+            return
+        self._from_client += count
         try:
-            outcome = exchange.from_client(data)
+            outcome = take(exchange, read)
         except Exception as exc:
             self._fail(exc, "client")
             return

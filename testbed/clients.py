@@ -811,6 +811,36 @@ def assert_round_trip(
     assert not problems, "\n".join(problems) + (f"\n{context}" if context else "")
 
 
+def poll_values(
+    bootstrap: str, topic: str, count: int, config: dict[str, Any] | None = None
+) -> list[bytes | None]:
+    """The values of the first `count` records of `topic`, in order, read from the start with
+    confluent-kafka under a fresh group (`config` adds consumer settings); fewer if they do not
+    all come within 60 s."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("poll"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **(config or {}),
+        }
+    )
+    values: list[bytes | None] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while len(values) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                values.append(message.value())
+    finally:
+        consumer.close()
+    return values
+
+
 # -- admin helpers (through whatever bootstrap they are given) -----------------------------------
 
 

@@ -9,8 +9,8 @@
  * Forwarded pieces are the object fed in (where a piece covers the whole read; the Python twin
  * gives a memoryview of it there, except for a read that is exactly one frame) or memoryview
  * slices of it; a held frame split over reads is joined into bytes once whole, as the Python
- * scanner does, unless the owner reads the rest of it in place (response_buffer): it then comes
- * out as the bytearray it was read into. A Produce request held for its acks is read as soon as it is whole, where the
+ * scanner does, unless the owner reads the rest of it in place (request_buffer,
+ * response_buffer): it then comes out as the bytearray it was read into. A Produce request held for its acks is read as soon as it is whole, where the
  * Python twin reads it after the whole read was split: after an error in the same read (the
  * connection then closes) `in_flight` may differ. The ring of pending requests grows as needed (the relay stops reading a client that has
  * too many requests outstanding, so it stays small).
@@ -472,6 +472,7 @@ take_by_lane(PairingCore *self, long long seq, int api_version, int acks, PyObje
     long long records = -1;
     if (PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 4 &&
         (PyBytes_CheckExact(PyTuple_GET_ITEM(result, 0)) ||
+         PyByteArray_CheckExact(PyTuple_GET_ITEM(result, 0)) ||
          PyMemoryView_Check(PyTuple_GET_ITEM(result, 0))) &&
         PyList_CheckExact(PyTuple_GET_ITEM(result, 3)) &&
         PyLong_CheckExact(PyTuple_GET_ITEM(result, 1))) {
@@ -1108,20 +1109,10 @@ core_from_server(PairingCore *self, PyObject *data)
     return scanner_feed(self, &self->responses, data);
 }
 
+/* FrameScanner.filled, with the pieces made as scanner_feed makes them. */
 static PyObject *
-core_response_buffer(PairingCore *self, PyObject *arg)
+scanner_filled(PairingCore *self, Scanner *scanner, PyObject *arg)
 {
-    Py_ssize_t min_size = PyLong_AsSsize_t(arg);
-    if (min_size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    return scanner_reserve(&self->responses, min_size);
-}
-
-static PyObject *
-core_response_filled(PairingCore *self, PyObject *arg)
-{
-    Scanner *scanner = &self->responses;
     Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
     if (nbytes == -1 && PyErr_Occurred()) {
         return NULL;
@@ -1147,6 +1138,40 @@ core_response_filled(PairingCore *self, PyObject *arg)
     }
     Py_DECREF(feed.out);
     return result;
+}
+
+static PyObject *
+reserve_in(Scanner *scanner, PyObject *arg)
+{
+    Py_ssize_t min_size = PyLong_AsSsize_t(arg);
+    if (min_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return scanner_reserve(scanner, min_size);
+}
+
+static PyObject *
+core_request_buffer(PairingCore *self, PyObject *arg)
+{
+    return reserve_in(&self->requests, arg);
+}
+
+static PyObject *
+core_request_filled(PairingCore *self, PyObject *arg)
+{
+    return scanner_filled(self, &self->requests, arg);
+}
+
+static PyObject *
+core_response_buffer(PairingCore *self, PyObject *arg)
+{
+    return reserve_in(&self->responses, arg);
+}
+
+static PyObject *
+core_response_filled(PairingCore *self, PyObject *arg)
+{
+    return scanner_filled(self, &self->responses, arg);
 }
 
 static PyObject *
@@ -1291,6 +1316,11 @@ static PyMethodDef core_methods[] = {
      "What to forward and the held requests, in stream order, and how many are held."},
     {"from_server", (PyCFunction)core_from_server, METH_O,
      "What to forward and the held responses, in stream order, and how many are held."},
+    {"request_buffer", (PyCFunction)core_request_buffer, METH_O,
+     "Where the rest of a request being held may be read into in place, or None."},
+    {"request_filled", (PyCFunction)core_request_filled, METH_O,
+     "How many bytes were read into the request buffer: what to forward and the held "
+     "requests, as from_client gives them."},
     {"response_buffer", (PyCFunction)core_response_buffer, METH_O,
      "Where the rest of a response being held may be read into in place, or None."},
     {"response_filled", (PyCFunction)core_response_filled, METH_O,

@@ -201,9 +201,21 @@ class PairingCorePython:
     def from_client(self, data: bytes) -> tuple[list[Any], int]:
         """What to forward (bytes or views) and held requests (`HeldRequest`), in stream
         order, and how many of the items are held requests."""
+        return self._requests_out(self._requests.feed(data))
+
+    def request_buffer(self, min_size: int) -> memoryview | None:
+        """Where the rest of a request being held may be read into in place, when at least
+        `min_size` of its bytes are still to come; None otherwise (`FrameScanner.reserve`)."""
+        return self._requests.reserve(min_size)
+
+    def request_filled(self, nbytes: int) -> tuple[list[Any], int]:
+        """`nbytes` were read into the request buffer: `from_client`'s answer for them."""
+        return self._requests_out(self._requests.filled(nbytes))
+
+    def _requests_out(self, pieces: list[Forward | Held]) -> tuple[list[Any], int]:
         out: list[Any] = []
         held = 0
-        for piece in self._requests.feed(data):
+        for piece in pieces:
             if type(piece) is Forward:
                 out.append(piece.data)
                 continue
@@ -252,7 +264,7 @@ class PairingCorePython:
         if (
             type(result) is not tuple
             or len(result) != 4
-            or type(result[0]) not in (bytes, memoryview)
+            or type(result[0]) not in (bytes, bytearray, memoryview)
             or type(result[3]) is not list
             or type(result[1]) is not int
             or not 0 <= result[1] < 1 << 63

@@ -1,5 +1,6 @@
-"""Large responses read in place: the relay reads the rest of a held response straight into the
-frame (`response_buffer`, `response_filled`) instead of feeding bytes the core would join.
+"""Large frames read in place: the relay reads the rest of a held request or response straight
+into the frame (`request_buffer`, `request_filled`, `response_buffer`, `response_filled`) instead
+of feeding bytes the core would join.
 
 Both twins must give the owner what feeding the same bytes gives (the same frames, verdicts and
 forwarded bytes, the same counts), refuse misuse with the same messages, and hand over the very
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gc
 import random
 import sys
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,8 +21,8 @@ from proxy.codec import native
 from proxy.codec.pairing import PairingCorePython
 from proxy.exchange import READ_IN_PLACE_FROM
 
-from ..proxy.messages import large_fetch_frame
-from .test_pairing import ERRORS, FRAME, POLICIES, _request
+from ..proxy.messages import large_fetch_frame, large_produce_frame
+from .test_pairing import ERRORS, FRAME, LANE_VERSIONS, POLICIES, _request
 
 MAX_FRAME = 1 << 24
 
@@ -49,20 +51,23 @@ def _observed(results: list[tuple[list[Any], int]]) -> list[Any]:
     return seen
 
 
-def _read(core: Any, stream: bytes, rng: random.Random, in_place: bool) -> list[Any]:
-    """The stream as a socket delivers it, in reads of up to 100 KiB; with `in_place`, every
-    read the core offers a buffer for goes into it, as the relay's BufferedProtocol does."""
+def _read(core: Any, side: str, stream: bytes, rng: random.Random, in_place: bool) -> list[Any]:
+    """The `side` ("request" or "response") stream as a socket delivers it, in reads of up to
+    100 KiB; with `in_place`, every read the core offers a buffer for goes into it, as the
+    relay's BufferedProtocol does."""
+    feed = core.from_client if side == "request" else core.from_server
+    reserve, filled = getattr(core, f"{side}_buffer"), getattr(core, f"{side}_filled")
     results: list[tuple[list[Any], int]] = []
     pos = 0
     while pos < len(stream):
         size = min(rng.randrange(1, 100_000), len(stream) - pos)
-        view = core.response_buffer(READ_IN_PLACE_FROM) if in_place else None
+        view = reserve(READ_IN_PLACE_FROM) if in_place else None
         if view is None:
-            results.append(core.from_server(stream[pos : pos + size]))
+            results.append(feed(stream[pos : pos + size]))
         else:
             size = min(size, len(view))
             view[:size] = stream[pos : pos + size]
-            results.append(core.response_filled(size))
+            results.append(filled(size))
         pos += size
     return _observed(results)
 
@@ -84,7 +89,9 @@ def test_responses_read_in_place_come_out_as_when_fed(policy: str, seed: int) ->
         for core in _cores(policy):
             for n in range(1, 7):
                 core.from_client(_request(1, 16, n))
-            answers.append((_read(core, stream, random.Random(seed), in_place), core.in_flight))
+            answers.append(
+                (_read(core, "response", stream, random.Random(seed), in_place), core.in_flight)
+            )
     assert all(answer == answers[0] for answer in answers)
     frames = [item[FRAME] if type(item) is tuple else item for item in answers[0][0]]
     assert b"".join(frames) == stream
@@ -178,3 +185,74 @@ def test_a_connection_closed_mid_frame_lets_its_buffer_go() -> None:
     del core, view
     gc.collect()
     assert sys.getrefcount(frame) == held_by_core - 1 == 2, "only this test holds it now"
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("seed", range(8))
+def test_requests_read_in_place_come_out_as_when_fed(policy: str, seed: int) -> None:
+    """Large and small Produce requests with every acks, and other requests, back to back:
+    the same pieces and held requests, the same requests waiting for a response."""
+    rng = random.Random(seed)
+    requests = []
+    for n in range(1, 9):
+        if rng.random() < 0.7:
+            size = rng.choice([10, 5_000, 70_000, 300_000, 1_200_000])
+            requests.append(large_produce_frame(n, size, acks=rng.choice([0, 1, -1])))
+        else:
+            requests.append(_request(3, 12, n, b"m" * 40))
+    stream = b"".join(requests)
+    answers = []
+    for in_place in (False, True):
+        for core in _cores(policy):
+            seen = _read(core, "request", stream, random.Random(seed), in_place)
+            answers.append(([s[:FRAME] if type(s) is tuple else s for s in seen], core.in_flight))
+    assert all(answer == answers[0] for answer in answers)
+
+
+def _lane(answer: str, given: list[Any], frame: Any, version: int) -> Any:
+    """A produce lane that notes the frame it was given and answers as `answer` says."""
+    given.append(frame)
+    if answer == "declined":
+        return None
+    return (b"rebuilt" if answer == "rebuilt" else frame), 5, None, []
+
+
+@pytest.mark.parametrize("answer", ["rebuilt", "the frame as it came", "declined"])
+def test_the_lane_gets_the_frame_read_in_place(answer: str) -> None:
+    """The lane reads the bytearray the request was read into, and may send it on as it is."""
+    request = large_produce_frame(1, 400_000, version=11)
+    for core in _cores("tracing on"):
+        given: list[Any] = []
+        core.set_produce_lane(partial(_lane, answer, given), LANE_VERSIONS)
+        core.from_client(request[:1000])
+        view = core.request_buffer(READ_IN_PLACE_FROM)
+        view[:] = request[1000:]
+        items, held = core.request_filled(len(view))
+        (frame,) = given
+        assert frame is view.obj and frame == request
+        if answer == "declined":
+            assert held == 1 and items[0][FRAME] is frame
+        else:
+            assert held == 0 and items == [b"rebuilt" if answer == "rebuilt" else frame]
+        assert core.in_flight == 1, "acks=1: its response is awaited"
+
+
+def test_request_misuse_is_refused_alike() -> None:
+    request = large_produce_frame(1, 200_000)
+    messages = []
+    for core in _cores("tracing on"):
+        with pytest.raises(ValueError) as refused:
+            core.request_filled(1)
+        answers = [str(refused.value)]
+        core.from_client(request[:1000])
+        view = core.request_buffer(READ_IN_PLACE_FROM)
+        with pytest.raises(ValueError) as refused:
+            core.request_filled(len(view) + 1)
+        answers.append(str(refused.value))
+        assert core.response_buffer(0) is None, "the other side has nothing held"
+        messages.append(answers)
+    assert messages[0][0] == "no frame is being read in place"
+    assert all(answers == messages[0] for answers in messages)

@@ -11,13 +11,14 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from proxy.app import Proxy
 from proxy.config import load_settings
 from proxy.exchange import KafkaExchange
-from testbed.clients import create_topic, unique_name
+from testbed.clients import create_topic, poll_values, unique_name
 from testbed.kafka import KafkaCluster
 from testbed.ports import free_port, free_port_block
 
@@ -124,50 +125,44 @@ def test_garbage_closes_only_that_connection(proxy: InProcessProxy) -> None:
     assert proxy.proxy.metrics.value("protocol_errors", peer="client") == 1
 
 
-def test_large_fetch_responses_are_read_in_place_and_arrive_intact(
-    proxy: InProcessProxy, kafka: KafkaCluster, monkeypatch: pytest.MonkeyPatch
+def test_large_requests_and_responses_are_read_in_place_and_arrive_intact(
+    proxy: InProcessProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """4 MB of random 100 KB records, written straight to the broker and read through the proxy
-    in fetches of up to 4 MiB: most of the bytes go straight into the frames being read, and
-    every value arrives as it was written, in order."""
-    from confluent_kafka import Consumer, Producer
+    """4 MB of random 100 KB records produced through the proxy in batches of up to 1 MB and
+    read back through it in fetches of up to 4 MiB: most of the bytes go straight into the
+    frames being read, both ways, and every value arrives as it was written, in order."""
+    from confluent_kafka import Producer
 
-    filled: list[int] = []
-    read_in_place = KafkaExchange.from_server_filled
-
-    def counted(exchange: KafkaExchange, nbytes: int) -> object:
-        filled.append(nbytes)
-        return read_in_place(exchange, nbytes)
-
-    monkeypatch.setattr(KafkaExchange, "from_server_filled", counted)
+    filled: dict[str, list[int]] = {"request": [], "response": []}
+    for side, name in (("request", "from_client_filled"), ("response", "from_server_filled")):
+        monkeypatch.setattr(
+            KafkaExchange, name, _counted(getattr(KafkaExchange, name), side, filled)
+        )
+    bootstrap = f"127.0.0.1:{proxy.port}"
     topic = unique_name("in-place")
-    create_topic(kafka.bootstrap_servers, topic, 1)
+    create_topic(bootstrap, topic, 1)
     rng = random.Random(11)
     values = [rng.randbytes(100_000) for _ in range(40)]
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 100})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 100, "batch.size": 1 << 20})
     for value in values:
         producer.produce(topic, value)
     assert producer.flush(30) == 0
-    consumer = Consumer(
-        {
-            "bootstrap.servers": f"127.0.0.1:{proxy.port}",
-            "group.id": unique_name("in-place"),
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 8 << 20,
-            "max.partition.fetch.bytes": 4 << 20,
-        }
+    received = poll_values(
+        bootstrap,
+        topic,
+        len(values),
+        {"fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 4 << 20},
     )
-    received: list[bytes] = []
-    try:
-        consumer.subscribe([topic])
-        for _ in range(600):
-            message = consumer.poll(0.1)
-            if message is not None and message.error() is None:
-                received.append(message.value())
-            if len(received) == len(values):
-                break
-    finally:
-        consumer.close()
     assert received == values
-    assert sum(filled) > 2_000_000, f"read in place: {sum(filled)} bytes in {len(filled)} reads"
+    for side, reads in filled.items():
+        assert sum(reads) > 2_000_000, f"{side}s read in place: {sum(reads)} bytes"
+
+
+def _counted(method: Any, side: str, filled: dict[str, list[int]]) -> Any:
+    """`method` (an exchange's `from_*_filled`), noting how many bytes each call was given."""
+
+    def counted(exchange: KafkaExchange, nbytes: int) -> object:
+        filled[side].append(nbytes)
+        return method(exchange, nbytes)
+
+    return counted

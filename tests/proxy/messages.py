@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import struct
 import uuid
 from importlib import import_module
 from typing import Any
@@ -72,3 +73,14 @@ def large_fetch_frame(correlation_id: int, size: int, *, endpoints: bool = False
     partition = dataclasses.replace(topic.partitions[0], records=b"r" * size)
     topic = dataclasses.replace(topic, partitions=(partition,))
     return response_frame(dataclasses.replace(response, responses=(topic,)), correlation_id)
+
+
+def large_produce_frame(correlation_id: int, size: int, acks: int = 1, version: int = 9) -> bytes:
+    """A Produce request frame the pairing core reads: header, transactional id "tx", acks, then
+    `size` opaque bytes (no partitions a parser would accept)."""
+    header = struct.pack(">hhih", 0, version, correlation_id, 3) + b"app"
+    if version >= 9:
+        header += b"\x00" + b"\x03tx"  # no tagged header fields; compact string "tx"
+    else:
+        header += struct.pack(">h", 2) + b"tx"
+    return frame(header + struct.pack(">h", acks) + b"p" * size)

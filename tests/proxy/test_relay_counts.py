@@ -14,7 +14,7 @@ from proxy.interceptors import Interceptors
 from proxy.metrics import Metrics
 from proxy.relay import ClientConnection, Runtime, ServerConnection
 
-from .messages import large_fetch_frame, request_frame, response_frame
+from .messages import large_fetch_frame, large_produce_frame, request_frame, response_frame
 from .test_exchange import MetadataRequest, _fetch_request, _metadata_response
 
 
@@ -73,16 +73,18 @@ async def _connected(metrics: Metrics) -> tuple[ClientConnection, ServerConnecti
     return client, ServerConnection(client), client_side
 
 
-def _receive(server: ServerConnection, data: bytes, read_size: int = 1 << 18) -> list[Any]:
-    """The broker's bytes as the event loop hands them to the buffered protocol, in reads of
-    up to `read_size`; the buffers it was given, in order."""
+def _read_into(
+    protocol: ClientConnection | ServerConnection, data: bytes, read_size: int = 1 << 18
+) -> list[Any]:
+    """A peer's bytes as the event loop hands them to a buffered protocol, in reads of up to
+    `read_size`; the buffers it was given, in order."""
     buffers: list[Any] = []
     pos = 0
     while pos < len(data):
-        buffer = server.get_buffer(-1)
+        buffer = protocol.get_buffer(-1)
         size = min(len(buffer), read_size, len(data) - pos)
         buffer[:size] = data[pos : pos + size]
-        server.buffer_updated(size)
+        protocol.buffer_updated(size)
         buffers.append(buffer)
         pos += size
     return buffers
@@ -104,7 +106,7 @@ def test_counts_are_exact_when_read_during_and_after_a_connection() -> None:
     assert _bytes(metrics, "proxy_to_server") == len(sent)
     assert metrics.value("requests", api_key=3) == 1
     answer = response_frame(_metadata_response(), 1)
-    _receive(server, answer)
+    _read_into(server, answer)
     assert _bytes(metrics, "server_to_proxy") == len(answer)
     assert _bytes(metrics, "proxy_to_client") == len(client_side.written)  # addresses rewritten
     client.data_received(sent[:14])  # a request still arriving when the connection closes
@@ -136,7 +138,7 @@ def test_the_rest_of_a_large_response_is_read_straight_into_its_frame() -> None:
     client.data_received(request_frame(_fetch_request(), 1))
     client.data_received(request_frame(_fetch_request(), 2))
     large, small = large_fetch_frame(1, 1 << 20), large_fetch_frame(2, 10)
-    buffers = _receive(server, large + small, read_size=1 << 16)
+    buffers = _read_into(server, large + small, read_size=1 << 16)
     assert bytes(client_side.written) == large + small
     scratch = buffers[0]
     assert type(scratch) is bytearray
@@ -166,7 +168,35 @@ def test_a_large_response_read_in_place_is_rewritten_as_when_fed_whole() -> None
     for read_size in (len(answer), 1 << 14):
         client, server, client_side = _connection(Metrics())
         client.data_received(request_frame(request, 1))
-        buffers = _receive(server, answer, read_size=read_size)
+        buffers = _read_into(server, answer, read_size=read_size)
         written.append(bytes(client_side.written))
         assert any(type(b) is memoryview for b in buffers) == (read_size < len(answer))
     assert written[0] == written[1] != answer  # rewritten, the same way
+
+
+def test_the_rest_of_a_large_request_is_read_straight_into_its_frame() -> None:
+    """A 1 MiB Produce request in 64 KiB reads goes to the broker byte for byte, most of it
+    read into its frame; the small request after it goes through the shared buffer."""
+    metrics = Metrics()
+    client, _, _ = _connection(metrics)
+    broker_side = client._server
+    assert isinstance(broker_side, _Transport)
+    large = large_produce_frame(1, 1 << 20)
+    small = request_frame(
+        MetadataRequest(
+            topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+        ),
+        2,
+    )
+    buffers = _read_into(client, large + small, read_size=1 << 16)
+    assert bytes(broker_side.written) == large + small
+    in_place = [b for b in buffers if type(b) is memoryview]
+    assert len(in_place) == len(large) // (1 << 16)
+    assert len({id(b.obj) for b in in_place}) == 1, "all into the one frame"
+    assert buffers[-1] is client.read_buffer
+    assert (
+        _bytes(metrics, "client_to_proxy")
+        == _bytes(metrics, "proxy_to_server")
+        == len(large + small)
+    )
+    assert client.in_flight == 2

@@ -22,6 +22,7 @@ from testbed.clients import (
     assert_round_trip,
     create_topic,
     make_records,
+    poll_values,
     unique_name,
 )
 from testbed.proxy import ProxyProcess
@@ -98,7 +99,7 @@ def test_clients_through_proxy_to_tls_broker(
 def test_large_responses_over_tls_arrive_intact(bed: SecureBed, tls_proxy: ProxyProcess) -> None:
     """Fetch responses of megabytes, decrypted straight into the frames the proxy reads them
     into: every value arrives as written, in order."""
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
 
     topic = unique_name("sec-large")
     create_topic(bed.plaintext, topic, partitions=1)
@@ -107,26 +108,12 @@ def test_large_responses_over_tls_arrive_intact(bed: SecureBed, tls_proxy: Proxy
     for value in values:
         producer.produce(topic, value)
     assert producer.flush(30) == 0
-    consumer = Consumer(
-        {
-            "bootstrap.servers": tls_proxy.bootstrap_servers,
-            "group.id": unique_name("g"),
-            "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 8 << 20,
-            "max.partition.fetch.bytes": 4 << 20,
-        }
+    received = poll_values(
+        tls_proxy.bootstrap_servers,
+        topic,
+        len(values),
+        {"fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 4 << 20},
     )
-    received: list[bytes] = []
-    try:
-        consumer.subscribe([topic])
-        for _ in range(600):
-            message = consumer.poll(0.1)
-            if message is not None and message.error() is None:
-                received.append(message.value())
-            if len(received) == len(values):
-                break
-    finally:
-        consumer.close()
     assert received == values
     assert_healthy(tls_proxy)
 
