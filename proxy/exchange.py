@@ -88,6 +88,12 @@ SKIM_WHOLE_RESPONSES_UP_TO = 64 * 1024
 #: (`request_buffer`, `response_buffer`): a read of the socket's then goes straight into the
 #: frame, where it would be copied twice.
 READ_IN_PLACE_FROM = 64 * 1024
+#: Frames larger than this are joined from their pieces as before: reading in place allocates a
+#: frame's whole size up front, so a peer announcing a frame of up to KTP_MAX_FRAME_BYTES (100 MiB
+#: by default) and sending a few bytes would make the proxy set that much aside. Fetch responses
+#: and Produce requests of the usual client settings (1 MiB a partition, 1 MB a request) are far
+#: below it.
+READ_IN_PLACE_UP_TO = 16 * 1024 * 1024
 
 
 def _decodable(api_key: int, version: int) -> bool:
@@ -271,7 +277,7 @@ class KafkaExchange:
         """Where the rest of a large request being held (a Produce request of big batches,
         usually) may be read into in place, saving its copies; None when the next bytes are
         read as usual."""
-        return self._core.request_buffer(READ_IN_PLACE_FROM)
+        return self._core.request_buffer(READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO)
 
     def from_client_filled(self, nbytes: int) -> Outcome:
         """`from_client` for `nbytes` read into the `request_buffer`."""
@@ -444,7 +450,7 @@ class KafkaExchange:
     def response_buffer(self) -> memoryview | None:
         """Where the rest of a large response being held (a Fetch response, usually) may be
         read into in place, saving its copies; None when the next bytes are read as usual."""
-        return self._core.response_buffer(READ_IN_PLACE_FROM)
+        return self._core.response_buffer(READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO)
 
     def from_server_filled(self, nbytes: int) -> Outcome:
         """`from_server` for `nbytes` read into the `response_buffer`."""

@@ -10,10 +10,11 @@
  * gives a memoryview of it there, except for a read that is exactly one frame) or memoryview
  * slices of it; a held frame split over reads is joined into bytes once whole, as the Python
  * scanner does, unless the owner reads the rest of it in place (request_buffer,
- * response_buffer): it then comes out as the bytearray it was read into. A Produce request held for its acks is read as soon as it is whole, where the
- * Python twin reads it after the whole read was split: after an error in the same read (the
- * connection then closes) `in_flight` may differ. The ring of pending requests grows as needed (the relay stops reading a client that has
- * too many requests outstanding, so it stays small).
+ * response_buffer): it then comes out as the bytearray it was read into. A Produce request held
+ * for its acks is read as soon as it is whole, where the Python twin reads it after the whole
+ * read was split: after an error in the same read (the connection then closes) `in_flight` may
+ * differ. The ring of pending requests grows as needed (the relay stops reading a client that
+ * has too many requests outstanding, so it stays small).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -600,13 +601,14 @@ emit_assembled(PairingCore *self, Scanner *scanner, Feed *feed)
 }
 
 /* FrameScanner.reserve: a writable view of the rest of the frame being held, once its pieces
- * were copied into one bytearray of the frame's size; Py_None when no frame is being held or
- * fewer than min_size of its bytes are still to come. */
+ * were copied into one bytearray of the frame's size; Py_None when no frame is being held,
+ * fewer than min_size of its bytes are still to come, or the frame is larger than max_size. */
 static PyObject *
-scanner_reserve(Scanner *scanner, Py_ssize_t min_size)
+scanner_reserve(Scanner *scanner, Py_ssize_t min_size, Py_ssize_t max_size)
 {
     if (scanner->assembly == NULL) {
-        if (scanner->held == NULL || scanner->held_remaining < min_size) {
+        if (scanner->held == NULL || scanner->held_remaining < min_size ||
+            scanner->held_size + scanner->held_remaining > max_size) {
             Py_RETURN_NONE;
         }
         PyObject *assembly =
@@ -1141,19 +1143,19 @@ scanner_filled(PairingCore *self, Scanner *scanner, PyObject *arg)
 }
 
 static PyObject *
-reserve_in(Scanner *scanner, PyObject *arg)
+reserve_in(Scanner *scanner, PyObject *args)
 {
-    Py_ssize_t min_size = PyLong_AsSsize_t(arg);
-    if (min_size == -1 && PyErr_Occurred()) {
+    Py_ssize_t min_size, max_size;
+    if (!PyArg_ParseTuple(args, "nn", &min_size, &max_size)) {
         return NULL;
     }
-    return scanner_reserve(scanner, min_size);
+    return scanner_reserve(scanner, min_size, max_size);
 }
 
 static PyObject *
-core_request_buffer(PairingCore *self, PyObject *arg)
+core_request_buffer(PairingCore *self, PyObject *args)
 {
-    return reserve_in(&self->requests, arg);
+    return reserve_in(&self->requests, args);
 }
 
 static PyObject *
@@ -1163,9 +1165,9 @@ core_request_filled(PairingCore *self, PyObject *arg)
 }
 
 static PyObject *
-core_response_buffer(PairingCore *self, PyObject *arg)
+core_response_buffer(PairingCore *self, PyObject *args)
 {
-    return reserve_in(&self->responses, arg);
+    return reserve_in(&self->responses, args);
 }
 
 static PyObject *
@@ -1316,12 +1318,12 @@ static PyMethodDef core_methods[] = {
      "What to forward and the held requests, in stream order, and how many are held."},
     {"from_server", (PyCFunction)core_from_server, METH_O,
      "What to forward and the held responses, in stream order, and how many are held."},
-    {"request_buffer", (PyCFunction)core_request_buffer, METH_O,
+    {"request_buffer", (PyCFunction)core_request_buffer, METH_VARARGS,
      "Where the rest of a request being held may be read into in place, or None."},
     {"request_filled", (PyCFunction)core_request_filled, METH_O,
      "How many bytes were read into the request buffer: what to forward and the held "
      "requests, as from_client gives them."},
-    {"response_buffer", (PyCFunction)core_response_buffer, METH_O,
+    {"response_buffer", (PyCFunction)core_response_buffer, METH_VARARGS,
      "Where the rest of a response being held may be read into in place, or None."},
     {"response_filled", (PyCFunction)core_response_filled, METH_O,
      "How many bytes were read into the response buffer: what to forward and the held "

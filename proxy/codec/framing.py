@@ -191,17 +191,24 @@ class FrameScanner:
         flush_run(pos)
         return out
 
-    def reserve(self, min_size: int) -> memoryview | None:
+    def reserve(self, min_size: int, max_size: int) -> memoryview | None:
         """Where the rest of the frame being held may be read into in place, when at least
-        `min_size` of its bytes are still to come (else None: feed them).
+        `min_size` of its bytes are still to come and the frame is no larger than `max_size`
+        (else None: feed them).
 
         A large held frame then needs no copy of its own: the owner reads the socket straight
         into the frame (`asyncio.BufferedProtocol`), says how much came with `filled`, and gets
         the frame, once whole, as the bytearray it was read into. The pieces already received
-        are copied into it once, here.
+        are copied into it once, here. The frame's whole size is allocated at once, before its
+        bytes came: `max_size` keeps a peer that announces a large frame and sends little from
+        making the proxy reserve more than that.
         """
         if self._assembly is None:
-            if self._held is None or self._held_remaining < min_size:
+            if (
+                self._held is None
+                or self._held_remaining < min_size
+                or self._held_size + self._held_remaining > max_size
+            ):
                 return None
             self._assembly = bytearray(self._held_size + self._held_remaining)
             self._assembly[: self._held_size] = b"".join(self._held)

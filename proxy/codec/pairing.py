@@ -203,10 +203,11 @@ class PairingCorePython:
         order, and how many of the items are held requests."""
         return self._requests_out(self._requests.feed(data))
 
-    def request_buffer(self, min_size: int) -> memoryview | None:
+    def request_buffer(self, min_size: int, max_size: int) -> memoryview | None:
         """Where the rest of a request being held may be read into in place, when at least
-        `min_size` of its bytes are still to come; None otherwise (`FrameScanner.reserve`)."""
-        return self._requests.reserve(min_size)
+        `min_size` of its bytes are still to come and it is no larger than `max_size`; None
+        otherwise (`FrameScanner.reserve`)."""
+        return self._requests.reserve(min_size, max_size)
 
     def request_filled(self, nbytes: int) -> tuple[list[Any], int]:
         """`nbytes` were read into the request buffer: `from_client`'s answer for them."""
@@ -309,10 +310,11 @@ class PairingCorePython:
         of the items are held responses."""
         return self._responses_out(self._responses.feed(data))
 
-    def response_buffer(self, min_size: int) -> memoryview | None:
+    def response_buffer(self, min_size: int, max_size: int) -> memoryview | None:
         """Where the rest of a response being held may be read into in place, when at least
-        `min_size` of its bytes are still to come; None otherwise (`FrameScanner.reserve`)."""
-        return self._responses.reserve(min_size)
+        `min_size` of its bytes are still to come and it is no larger than `max_size`; None
+        otherwise (`FrameScanner.reserve`)."""
+        return self._responses.reserve(min_size, max_size)
 
     def response_filled(self, nbytes: int) -> tuple[list[Any], int]:
         """`nbytes` were read into the response buffer: `from_server`'s answer for them."""

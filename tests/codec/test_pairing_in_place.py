@@ -19,12 +19,14 @@ import pytest
 
 from proxy.codec import native
 from proxy.codec.pairing import PairingCorePython
-from proxy.exchange import READ_IN_PLACE_FROM
+from proxy.exchange import READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
 
 from ..proxy.messages import large_fetch_frame, large_produce_frame
 from .test_pairing import ERRORS, FRAME, LANE_VERSIONS, POLICIES, _request
 
-MAX_FRAME = 1 << 24
+MAX_FRAME = 1 << 26
+#: What the exchange asks for: at least 64 KiB still to come, frames of up to 16 MiB.
+BOUNDS = (READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO)
 
 
 def _cores(policy: str) -> list[Any]:
@@ -61,7 +63,7 @@ def _read(core: Any, side: str, stream: bytes, rng: random.Random, in_place: boo
     pos = 0
     while pos < len(stream):
         size = min(rng.randrange(1, 100_000), len(stream) - pos)
-        view = reserve(READ_IN_PLACE_FROM) if in_place else None
+        view = reserve(*BOUNDS) if in_place else None
         if view is None:
             results.append(feed(stream[pos : pos + size]))
         else:
@@ -104,9 +106,9 @@ def test_the_frame_handed_over_is_the_buffer_it_was_read_into(policy: str) -> No
     for core in _cores(policy):
         core.from_client(_request(1, 16, 1))
         assert core.from_server(response[:1000]) == ([], 0)
-        view = core.response_buffer(READ_IN_PLACE_FROM)
+        view = core.response_buffer(*BOUNDS)
         assert view is not None and len(view) == len(response) - 1000
-        assert core.response_buffer(READ_IN_PLACE_FROM).obj is view.obj, "the same frame"
+        assert core.response_buffer(*BOUNDS).obj is view.obj, "the same frame"
         view[:] = response[1000:]
         ((*_, frame, walked),), held = core.response_filled(len(view))
         assert frame is view.obj and type(frame) is bytearray
@@ -116,17 +118,37 @@ def test_the_frame_handed_over_is_the_buffer_it_was_read_into(policy: str) -> No
 def test_nothing_is_offered_outside_a_large_held_response() -> None:
     small, large = large_fetch_frame(1, 1_000), large_fetch_frame(2, 200_000)
     for core in _cores("tracing on"):
-        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "nothing outstanding"
+        assert core.response_buffer(*BOUNDS) is None, "nothing outstanding"
         core.from_client(_request(1, 16, 1))
         core.from_client(_request(1, 16, 2))
         core.from_server(small[:100])
-        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "too little to come"
+        assert core.response_buffer(*BOUNDS) is None, "too little to come"
         core.from_server(small[100:] + large[: len(large) - READ_IN_PLACE_FROM + 1])
-        assert core.response_buffer(READ_IN_PLACE_FROM) is None, "one byte short of the bound"
-        assert core.response_buffer(READ_IN_PLACE_FROM - 1) is not None
+        assert core.response_buffer(*BOUNDS) is None, "one byte short of the bound"
+        assert core.response_buffer(READ_IN_PLACE_FROM - 1, READ_IN_PLACE_UP_TO) is not None
         items, held = core.from_server(large[len(large) - READ_IN_PLACE_FROM + 1 :])
         assert held == 1 and bytes(items[0][FRAME]) == large, "fed bytes go into the frame"
-        assert core.response_buffer(0) is None, "whole: nothing more to read into"
+        assert core.response_buffer(0, READ_IN_PLACE_UP_TO) is None, "whole: nothing to read into"
+
+
+def test_frames_larger_than_the_bound_are_joined_as_before() -> None:
+    """Reading in place sets the frame's whole size aside at once: a peer that announces a
+    frame above the bound (and may send little of it) only gets what it sends kept."""
+    at_bound = large_fetch_frame(1, READ_IN_PLACE_UP_TO - 200)
+    above = large_fetch_frame(2, READ_IN_PLACE_UP_TO + 1)
+    assert len(at_bound) <= READ_IN_PLACE_UP_TO < len(above)
+    for core in _cores("tracing on"):
+        core.from_client(_request(1, 16, 1))
+        core.from_client(_request(1, 16, 2))
+        core.from_server(at_bound[:100])
+        view = core.response_buffer(*BOUNDS)
+        assert view is not None and len(view) == len(at_bound) - 100
+        view[:] = at_bound[100:]
+        assert core.response_filled(len(view))[1] == 1
+        core.from_server(above[:100])
+        assert core.response_buffer(*BOUNDS) is None
+        items, held = core.from_server(above[100:])
+        assert held == 1 and type(items[0][FRAME]) is bytes and items[0][FRAME] == above
 
 
 def test_bytes_fed_after_a_read_in_place_finish_the_frame_and_go_on() -> None:
@@ -137,7 +159,7 @@ def test_bytes_fed_after_a_read_in_place_finish_the_frame_and_go_on() -> None:
         core.from_client(_request(1, 16, 1))
         core.from_client(_request(1, 16, 2))
         core.from_server(large[:50_000])
-        view = core.response_buffer(READ_IN_PLACE_FROM)
+        view = core.response_buffer(*BOUNDS)
         view[:100_000] = large[50_000:150_000]
         assert core.response_filled(100_000) == ([], 0)
         assert core.response_filled(0) == ([], 0)
@@ -157,7 +179,7 @@ def test_misuse_is_refused_alike() -> None:
         answers.append(str(refused.value))
         core.from_client(_request(1, 16, 1))
         core.from_server(response[:10])
-        view = core.response_buffer(READ_IN_PLACE_FROM)
+        view = core.response_buffer(*BOUNDS)
         for nbytes in (len(view) + 1, -1):
             with pytest.raises(ValueError) as refused:
                 core.response_filled(nbytes)
@@ -178,7 +200,7 @@ def test_a_connection_closed_mid_frame_lets_its_buffer_go() -> None:
     core = native.compiled.PairingCore(POLICIES["tracing on"], MAX_FRAME, ERRORS)
     core.from_client(_request(1, 16, 1))
     core.from_server(large_fetch_frame(1, 200_000)[:10])
-    view = core.response_buffer(READ_IN_PLACE_FROM)
+    view = core.response_buffer(*BOUNDS)
     frame = view.obj
     view.release()
     held_by_core = sys.getrefcount(frame)
@@ -228,7 +250,7 @@ def test_the_lane_gets_the_frame_read_in_place(answer: str) -> None:
         given: list[Any] = []
         core.set_produce_lane(partial(_lane, answer, given), LANE_VERSIONS)
         core.from_client(request[:1000])
-        view = core.request_buffer(READ_IN_PLACE_FROM)
+        view = core.request_buffer(*BOUNDS)
         view[:] = request[1000:]
         items, held = core.request_filled(len(view))
         (frame,) = given
@@ -248,11 +270,11 @@ def test_request_misuse_is_refused_alike() -> None:
             core.request_filled(1)
         answers = [str(refused.value)]
         core.from_client(request[:1000])
-        view = core.request_buffer(READ_IN_PLACE_FROM)
+        view = core.request_buffer(*BOUNDS)
         with pytest.raises(ValueError) as refused:
             core.request_filled(len(view) + 1)
         answers.append(str(refused.value))
-        assert core.response_buffer(0) is None, "the other side has nothing held"
+        assert core.response_buffer(0, READ_IN_PLACE_UP_TO) is None, "nothing held that way"
         messages.append(answers)
     assert messages[0][0] == "no frame is being read in place"
     assert all(answers == messages[0] for answers in messages)
