@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -215,6 +215,15 @@ class KafkaExchange:
         #: entry, labelled "other", so made-up keys grow neither this table nor the series.
         self._meters: dict[int, ApiMeters] = {}
         self._core = pairing_core(hold_policy(interceptors), max_frame_size)
+        #: Where the rest of a large request (a Produce request of big batches, usually) or
+        #: response (a Fetch response) being held may be read into in place, saving its copies;
+        #: None when the next bytes are read as usual. Called before every read, so bound once.
+        self.request_buffer: Callable[[], memoryview | None] = partial(
+            self._core.request_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
+        )
+        self.response_buffer: Callable[[], memoryview | None] = partial(
+            self._core.response_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
+        )
         self._lane_owner = self._set_produce_lane(interceptors.lane, max_batch_bytes)
         self._holding_group_requests = interceptors.want_group_ids
         metrics.add_source(self)
@@ -272,12 +281,6 @@ class KafkaExchange:
 
     def from_client(self, data: bytes) -> Outcome:
         return self._client_outcome(*self._core.from_client(data))
-
-    def request_buffer(self) -> memoryview | None:
-        """Where the rest of a large request being held (a Produce request of big batches,
-        usually) may be read into in place, saving its copies; None when the next bytes are
-        read as usual."""
-        return self._core.request_buffer(READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO)
 
     def from_client_filled(self, nbytes: int) -> Outcome:
         """`from_client` for `nbytes` read into the `request_buffer`."""
@@ -446,11 +449,6 @@ class KafkaExchange:
 
     def from_server(self, data: bytes) -> Outcome:
         return self._server_outcome(*self._core.from_server(data))
-
-    def response_buffer(self) -> memoryview | None:
-        """Where the rest of a large response being held (a Fetch response, usually) may be
-        read into in place, saving its copies; None when the next bytes are read as usual."""
-        return self._core.response_buffer(READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO)
 
     def from_server_filled(self, nbytes: int) -> Outcome:
         """`from_server` for `nbytes` read into the `response_buffer`."""

@@ -51,6 +51,10 @@ class Runtime:
     #: connection, as the event loop reads one connection at a time.
     read_buffer: bytearray = field(default_factory=lambda: bytearray(READ_SIZE))
 
+    def __post_init__(self) -> None:
+        #: A view of `read_buffer`, made once: what was read is copied out of a slice of it.
+        self.read_view = memoryview(self.read_buffer)
+
 
 class _Pauser:
     """Pauses a transport's reading while any reason to pause remains."""
@@ -104,6 +108,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._closed = False
         self._early: list[bytes] = []
         self._reading_in_place = False
+        #: The exchange's `request_buffer` and `response_buffer` once it exists, else None.
+        self._reserve_request: Callable[[], memoryview | None] | None = None
+        self.reserve_response: Callable[[], memoryview | None] | None = None
         self.id = next(_connection_ids)
         self._max_in_flight = runtime.settings.max_in_flight
         # Bytes moved since the metrics last asked (plain ints on the hot path, added to the
@@ -196,24 +203,27 @@ class ClientConnection(asyncio.BufferedProtocol):
             max_frame_size=runtime.settings.max_frame_bytes,
             max_batch_bytes=runtime.settings.max_batch_bytes,
         )
+        self._reserve_request = self._exchange.request_buffer
+        self.reserve_response = self._exchange.response_buffer
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
         self._client_reading.resume("connecting")
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        exchange = self._exchange
-        view = None
-        if exchange is not None and self._server is not None and not self._closed:
-            view = exchange.request_buffer()
+        reserve = self._reserve_request
+        view = reserve() if reserve is not None else None
         self._reading_in_place = view is not None
         return view if view is not None else self._runtime.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._reading_in_place:
             self._from_application(nbytes, KafkaExchange.from_client_filled, nbytes)
+        elif self._exchange is not None:
+            read = bytes(self._runtime.read_view[:nbytes])
+            self._from_application(nbytes, KafkaExchange.from_client, read)
         else:
-            self.data_received(bytes(memoryview(self._runtime.read_buffer)[:nbytes]))
+            self.data_received(bytes(self._runtime.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -248,29 +258,18 @@ class ClientConnection(asyncio.BufferedProtocol):
     def read_buffer(self) -> bytearray:
         return self._runtime.read_buffer
 
-    def server_buffer(self) -> memoryview | None:
-        """Where the broker's next bytes may be read straight into (the rest of a large
-        response), or None."""
-        exchange = self._exchange
-        return exchange.response_buffer() if exchange is not None and not self._closed else None
-
-    def server_data(self, data: bytes) -> None:
-        self._from_broker(len(data), KafkaExchange.from_server, data)
-
-    def server_filled(self, nbytes: int) -> None:
-        """`nbytes` of the broker's were read into the `server_buffer`."""
-        self._from_broker(nbytes, KafkaExchange.from_server_filled, nbytes)
-
-    def _from_broker(
-        self, count: int, take: Callable[[KafkaExchange, Any], Outcome], read: Any
-    ) -> None:
-        """Hand what the broker sent (`count` bytes) to the exchange and its outcome on."""
+    def broker_read(self, nbytes: int, in_place: bool) -> None:
+        """`nbytes` of the broker's were read: into the response buffer when `in_place`, else
+        into the shared buffer. Hand them to the exchange and its outcome to the client."""
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
             return
-        self._from_server += count
+        self._from_server += nbytes
         try:
-            outcome = take(exchange, read)
+            if in_place:
+                outcome = exchange.from_server_filled(nbytes)
+            else:
+                outcome = exchange.from_server(bytes(self._runtime.read_view[:nbytes]))
         except Exception as exc:
             self._fail(exc, "broker")
             return
@@ -352,6 +351,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._closed:
             return
         self._closed = True
+        self._reserve_request = self.reserve_response = None
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for transport in (self._client, self._server):
@@ -380,15 +380,13 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._in_place = False
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        view = self._client.server_buffer()
+        reserve = self._client.reserve_response
+        view = reserve() if reserve is not None else None
         self._in_place = view is not None
         return view if view is not None else self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._in_place:
-            self._client.server_filled(nbytes)
-        else:
-            self._client.server_data(bytes(memoryview(self._scratch)[:nbytes]))
+        self._client.broker_read(nbytes, self._in_place)
 
     def pause_writing(self) -> None:
         self._client.server_paused()
