@@ -26,7 +26,7 @@ from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-#: Bytes read from a broker at a time outside a large response (uvloop's own read size).
+#: What `_InPlaceReads` reads into should a frame end before its read (uvloop's read size).
 READ_SIZE = 256 * 1024
 
 _connection_ids = itertools.count(1)
@@ -47,12 +47,11 @@ class Runtime:
     upstream_ssl: ssl.SSLContext | None = None
     #: TLS towards clients (None: plaintext).
     listen_ssl: ssl.SSLContext | None = None
-    #: Where brokers' bytes are read outside a large response, copied out at once: one for every
-    #: connection, as the event loop reads one connection at a time.
+    #: Where an in-place read goes should its frame have ended, copied out at once: one for
+    #: every connection, as the event loop reads one connection at a time.
     read_buffer: bytearray = field(default_factory=lambda: bytearray(READ_SIZE))
 
     def __post_init__(self) -> None:
-        #: A view of `read_buffer`, made once: what was read is copied out of a slice of it.
         self.read_view = memoryview(self.read_buffer)
 
 
@@ -79,15 +78,73 @@ class _Pauser:
         if not self._reasons and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    def switch(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the transport's reads to `protocol`, restarting them unless paused: uvloop picks
+        its read path (bytes for `data_received`, or the protocol's buffer) when reading starts."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.set_protocol(protocol)
+        if not self._reasons:
+            transport.pause_reading()
+            transport.resume_reading()
 
-class ClientConnection(asyncio.BufferedProtocol):
+
+class _InPlaceReads(asyncio.BufferedProtocol):
+    """A connection's protocol while the rest of a large frame comes: the event loop reads
+    straight into the frame (`reserve`'s view), `filled` hands each read to the exchange, and once
+    the frame is whole the connection's own protocol takes the reads back (`done`). Its other
+    callbacks go to that protocol."""
+
+    def __init__(
+        self,
+        own: asyncio.Protocol,
+        reserve: Callable[[], memoryview | None],
+        filled: Callable[[int], None],
+        done: Callable[[], None],
+        scratch: memoryview,
+    ) -> None:
+        self._own = own
+        self._reserve = reserve
+        self._filled = filled
+        self._done = done
+        self._scratch = scratch
+        self._in_frame = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._reserve()
+        self._in_frame = view is not None
+        return view if view is not None else self._scratch  # the frame ended: read as usual
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self._in_frame:
+            self._done()
+            self._own.data_received(bytes(self._scratch[:nbytes]))
+            return
+        self._filled(nbytes)
+        if self._reserve() is None:
+            self._done()
+
+    def pause_writing(self) -> None:
+        self._own.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._own.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self._own.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._own.connection_lost(exc)
+
+
+class ClientConnection(asyncio.Protocol):
     """A client's connection to a proxy listener, and the broker connection behind it.
 
-    Both sides are read into buffers the relay gives the event loop: the rest of a large request
-    or response straight into the frame the exchange assembles (no copy of its own, where a read
-    as bytes would be copied into a bytes object and then into the joined frame), anything else
-    into the one scratch buffer all connections share, copied out at once as the bytes object the
-    exchange keeps.
+    Both sides are read as bytes (`data_received`) until a large request or response is coming:
+    its rest is then read straight into the frame the exchange assembles (`_InPlaceReads`; no copy
+    of its own, where reads as bytes would be copied into bytes objects and then into the joined
+    frame), and the reads go back to bytes once it is whole.
     """
 
     def __init__(
@@ -107,10 +164,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._early: list[bytes] = []
-        self._reading_in_place = False
         #: The exchange's `request_buffer` and `response_buffer` once it exists, else None.
         self._reserve_request: Callable[[], memoryview | None] | None = None
-        self.reserve_response: Callable[[], memoryview | None] | None = None
+        self._reserve_response: Callable[[], memoryview | None] | None = None
+        #: The protocols each side's transport reads through while a large frame comes.
+        self._client_in_place: _InPlaceReads | None = None
+        self._server_in_place: _InPlaceReads | None = None
         self.id = next(_connection_ids)
         self._max_in_flight = runtime.settings.max_in_flight
         # Bytes moved since the metrics last asked (plain ints on the hot path, added to the
@@ -204,26 +263,27 @@ class ClientConnection(asyncio.BufferedProtocol):
             max_batch_bytes=runtime.settings.max_batch_bytes,
         )
         self._reserve_request = self._exchange.request_buffer
-        self.reserve_response = self._exchange.response_buffer
+        self._reserve_response = self._exchange.response_buffer
+        scratch = runtime.read_view
+        self._client_in_place = _InPlaceReads(
+            self,
+            self._exchange.request_buffer,
+            self._client_filled,
+            lambda: self._client_reading.switch(self),
+            scratch,
+        )
+        server_protocol = cast(asyncio.Protocol, transport.get_protocol())
+        self._server_in_place = _InPlaceReads(
+            server_protocol,
+            self._exchange.response_buffer,
+            self._server_filled,
+            lambda: self._server_reading.switch(server_protocol),
+            scratch,
+        )
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
         self._client_reading.resume("connecting")
-
-    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        reserve = self._reserve_request
-        view = reserve() if reserve is not None else None
-        self._reading_in_place = view is not None
-        return view if view is not None else self._runtime.read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._reading_in_place:
-            self._from_application(nbytes, KafkaExchange.from_client_filled, nbytes)
-        elif self._exchange is not None:
-            read = bytes(self._runtime.read_view[:nbytes])
-            self._from_application(nbytes, KafkaExchange.from_client, read)
-        else:
-            self.data_received(bytes(self._runtime.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -234,6 +294,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._early.append(data)
             return
         self._from_application(len(data), KafkaExchange.from_client, data)
+        reserve = self._reserve_request
+        if reserve is not None and self._client_in_place is not None and reserve() is not None:
+            self._client_reading.switch(self._client_in_place)  # a large request is coming
+
+    def _client_filled(self, nbytes: int) -> None:
+        self._from_application(nbytes, KafkaExchange.from_client_filled, nbytes)
 
     def _from_application(
         self, count: int, take: Callable[[KafkaExchange, Any], Outcome], read: Any
@@ -254,22 +320,25 @@ class ClientConnection(asyncio.BufferedProtocol):
         if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
 
-    @property
-    def read_buffer(self) -> bytearray:
-        return self._runtime.read_buffer
+    def server_data(self, data: bytes) -> None:
+        self._from_broker(len(data), KafkaExchange.from_server, data)
+        reserve = self._reserve_response
+        if reserve is not None and self._server_in_place is not None and reserve() is not None:
+            self._server_reading.switch(self._server_in_place)  # a large response is coming
 
-    def broker_read(self, nbytes: int, in_place: bool) -> None:
-        """`nbytes` of the broker's were read: into the response buffer when `in_place`, else
-        into the shared buffer. Hand them to the exchange and its outcome to the client."""
+    def _server_filled(self, nbytes: int) -> None:
+        self._from_broker(nbytes, KafkaExchange.from_server_filled, nbytes)
+
+    def _from_broker(
+        self, count: int, take: Callable[[KafkaExchange, Any], Outcome], read: Any
+    ) -> None:
+        """Hand what the broker sent (`count` bytes) to the exchange and its outcome on."""
         exchange, client = self._exchange, self._client
         if exchange is None or client is None:
             return
-        self._from_server += nbytes
+        self._from_server += count
         try:
-            if in_place:
-                outcome = exchange.from_server_filled(nbytes)
-            else:
-                outcome = exchange.from_server(bytes(self._runtime.read_view[:nbytes]))
+            outcome = take(exchange, read)
         except Exception as exc:
             self._fail(exc, "broker")
             return
@@ -351,7 +420,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._closed:
             return
         self._closed = True
-        self._reserve_request = self.reserve_response = None
+        self._reserve_request = self._reserve_response = None
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for transport in (self._client, self._server):
@@ -365,28 +434,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._runtime.metrics.add("connections_open", -1)
 
 
-class ServerConnection(asyncio.BufferedProtocol):
-    """The proxy's connection to a broker, on behalf of one client connection.
-
-    It reads into buffers it gives the event loop: the rest of a large response straight into
-    the frame the exchange assembles (no copy of its own, where a read as bytes would be copied
-    into a bytes object and then into the joined frame), anything else into a scratch buffer,
-    copied out at once as the bytes object the exchange keeps (the scratch buffer is shared).
-    """
+class ServerConnection(asyncio.Protocol):
+    """The proxy's connection to a broker, on behalf of one client connection (which reads a
+    large response's rest in place through `_InPlaceReads`)."""
 
     def __init__(self, client: ClientConnection) -> None:
         self._client = client
-        self._scratch = client.read_buffer
-        self._in_place = False
 
-    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        reserve = self._client.reserve_response
-        view = reserve() if reserve is not None else None
-        self._in_place = view is not None
-        return view if view is not None else self._scratch
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._client.broker_read(nbytes, self._in_place)
+    def data_received(self, data: bytes) -> None:
+        self._client.server_data(data)
 
     def pause_writing(self) -> None:
         self._client.server_paused()

@@ -19,10 +19,18 @@ from .test_exchange import MetadataRequest, _fetch_request, _metadata_response
 
 
 class _Transport:
-    """Records what the relay writes; never pushes back."""
+    """Records what the relay writes and which protocol it reads through; never pushes back."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: Any = None) -> None:
         self.written = bytearray()
+        self.protocol = protocol
+        self.restarts = 0
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: Any) -> None:
         self.written += data
@@ -33,7 +41,9 @@ class _Transport:
 
     def set_write_buffer_limits(self, high: int | None = None) -> None: ...
     def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
+    def resume_reading(self) -> None:
+        self.restarts += 1
+
     def is_closing(self) -> bool:
         return False
 
@@ -43,8 +53,9 @@ class _Transport:
     def close(self) -> None: ...
 
 
-def _connection(metrics: Metrics) -> tuple[ClientConnection, ServerConnection, _Transport]:
-    """A relayed connection wired to fake transports (its dial to the broker never runs)."""
+def _connection(metrics: Metrics) -> tuple[ClientConnection, _Transport, _Transport]:
+    """A relayed connection wired to fake transports (its dial to the broker never runs): the
+    client connection, and its transports to the broker and to the client."""
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(_connected(metrics))
@@ -52,7 +63,7 @@ def _connection(metrics: Metrics) -> tuple[ClientConnection, ServerConnection, _
         loop.close()
 
 
-async def _connected(metrics: Metrics) -> tuple[ClientConnection, ServerConnection, _Transport]:
+async def _connected(metrics: Metrics) -> tuple[ClientConnection, _Transport, _Transport]:
     settings = load_settings({"KTP_UPSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
     runtime = Runtime(
         settings,
@@ -64,30 +75,37 @@ async def _connected(metrics: Metrics) -> tuple[ClientConnection, ServerConnecti
         set(),
     )
     client = ClientConnection(runtime, 1, lambda: [])
-    client_side = _Transport()
+    client_side = _Transport(client)
     client.connection_made(client_side)  # type: ignore[arg-type]
     assert client._connect_task is not None
     client._connect_task.cancel()  # attached by hand below
     await asyncio.sleep(0)
-    client._attach_server(_Transport(), HostPort("127.0.0.1", 9092))  # type: ignore[arg-type]
-    return client, ServerConnection(client), client_side
+    broker_side = _Transport()
+    broker_side.protocol = ServerConnection(client)
+    client._attach_server(broker_side, HostPort("127.0.0.1", 9092))  # type: ignore[arg-type]
+    return client, broker_side, client_side
 
 
-def _read_into(
-    protocol: ClientConnection | ServerConnection, data: bytes, read_size: int = 1 << 18
-) -> list[Any]:
-    """A peer's bytes as the event loop hands them to a buffered protocol, in reads of up to
-    `read_size`; the buffers it was given, in order."""
-    buffers: list[Any] = []
+def _read_into(transport: _Transport, data: bytes, read_size: int = 1 << 18) -> list[Any]:
+    """A peer's bytes as the event loop hands them to whichever protocol `transport` reads
+    through at the time, in reads of up to `read_size`: as bytes, or into the buffer a buffered
+    protocol gives. What each read went into, in order: "bytes", or that buffer."""
+    reads: list[Any] = []
     pos = 0
     while pos < len(data):
-        buffer = protocol.get_buffer(-1)
-        size = min(len(buffer), read_size, len(data) - pos)
-        buffer[:size] = data[pos : pos + size]
-        protocol.buffer_updated(size)
-        buffers.append(buffer)
+        protocol = transport.protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            buffer = protocol.get_buffer(-1)
+            size = min(len(buffer), read_size, len(data) - pos)
+            buffer[:size] = data[pos : pos + size]
+            protocol.buffer_updated(size)
+            reads.append(buffer)
+        else:
+            size = min(read_size, len(data) - pos)
+            protocol.data_received(data[pos : pos + size])
+            reads.append("bytes")
         pos += size
-    return buffers
+    return reads
 
 
 def _bytes(metrics: Metrics, direction: str) -> float:
@@ -130,23 +148,23 @@ def test_a_closed_connection_is_no_longer_asked_for_counts() -> None:
 
 
 def test_the_rest_of_a_large_response_is_read_straight_into_its_frame() -> None:
-    """A 1 MiB Fetch response in 64 KiB reads: the first goes through the scratch buffer, the
-    rest into the frame being assembled; the client gets the response byte for byte, and the
-    next small response goes through the scratch buffer again."""
+    """A 1 MiB Fetch response in 64 KiB reads: the first comes as bytes, the rest goes into the
+    frame being assembled; the client gets the response byte for byte, and the reads go back to
+    bytes for the next, small, response."""
     metrics = Metrics()
     client, server, client_side = _connection(metrics)
+    own = server.protocol
     client.data_received(request_frame(_fetch_request(), 1))
     client.data_received(request_frame(_fetch_request(), 2))
     large, small = large_fetch_frame(1, 1 << 20), large_fetch_frame(2, 10)
-    buffers = _read_into(server, large + small, read_size=1 << 16)
+    reads = _read_into(server, large + small, read_size=1 << 16)
     assert bytes(client_side.written) == large + small
-    scratch = buffers[0]
-    assert type(scratch) is bytearray
-    in_place = [b for b in buffers if b is not scratch]
+    assert reads[0] == "bytes" and reads[-1] == "bytes"
+    in_place = reads[1:-1]
     assert len(in_place) == len(large) // (1 << 16), "every read after the first"
     assert all(type(b) is memoryview for b in in_place)
     assert len({id(b.obj) for b in in_place}) == 1, "all into the one frame"
-    assert buffers[-1] is scratch
+    assert server.protocol is own and server.restarts == 2, "in place and back, reads restarted"
     assert _bytes(metrics, "server_to_proxy") == len(large) + len(small)
     assert _bytes(metrics, "proxy_to_client") == len(large) + len(small)
 
@@ -171,16 +189,15 @@ def test_a_large_response_read_in_place_is_rewritten_as_when_fed_whole() -> None
         buffers = _read_into(server, answer, read_size=read_size)
         written.append(bytes(client_side.written))
         assert any(type(b) is memoryview for b in buffers) == (read_size < len(answer))
+        assert isinstance(server.protocol, ServerConnection), "reads went back to bytes"
     assert written[0] == written[1] != answer  # rewritten, the same way
 
 
 def test_the_rest_of_a_large_request_is_read_straight_into_its_frame() -> None:
     """A 1 MiB Produce request in 64 KiB reads goes to the broker byte for byte, most of it
-    read into its frame; the small request after it goes through the shared buffer."""
+    read into its frame; the small request after it comes as bytes again."""
     metrics = Metrics()
-    client, _, _ = _connection(metrics)
-    broker_side = client._server
-    assert isinstance(broker_side, _Transport)
+    client, broker_side, client_side = _connection(metrics)
     large = large_produce_frame(1, 1 << 20)
     small = request_frame(
         MetadataRequest(
@@ -188,12 +205,12 @@ def test_the_rest_of_a_large_request_is_read_straight_into_its_frame() -> None:
         ),
         2,
     )
-    buffers = _read_into(client, large + small, read_size=1 << 16)
+    reads = _read_into(client_side, large + small, read_size=1 << 16)
     assert bytes(broker_side.written) == large + small
-    in_place = [b for b in buffers if type(b) is memoryview]
+    in_place = [b for b in reads if type(b) is memoryview]
     assert len(in_place) == len(large) // (1 << 16)
     assert len({id(b.obj) for b in in_place}) == 1, "all into the one frame"
-    assert buffers[-1] is client.read_buffer
+    assert reads[-1] == "bytes" and client_side.protocol is client
     assert (
         _bytes(metrics, "client_to_proxy")
         == _bytes(metrics, "proxy_to_server")
