@@ -49,10 +49,7 @@ class Runtime:
     listen_ssl: ssl.SSLContext | None = None
     #: Where an in-place read goes should its frame have ended, copied out at once: one for
     #: every connection, as the event loop reads one connection at a time.
-    read_buffer: bytearray = field(default_factory=lambda: bytearray(READ_SIZE))
-
-    def __post_init__(self) -> None:
-        self.read_view = memoryview(self.read_buffer)
+    read_view: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_SIZE)))
 
 
 class _Pauser:
@@ -92,38 +89,44 @@ class _Pauser:
 
 class _InPlaceReads(asyncio.BufferedProtocol):
     """A connection's protocol while the rest of a large frame comes: the event loop reads
-    straight into the frame (`reserve`'s view), `filled` hands each read to the exchange, and once
-    the frame is whole the connection's own protocol takes the reads back (`done`). Its other
-    callbacks go to that protocol."""
+    straight into the frame (`reserve`'s view) and `filled` hands each read to the exchange; once
+    the frame is whole, the connection's own protocol takes the reads back. Its other callbacks go
+    to that protocol."""
 
     def __init__(
         self,
         own: asyncio.Protocol,
+        reading: _Pauser,
         reserve: Callable[[], memoryview | None],
         filled: Callable[[int], None],
-        done: Callable[[], None],
         scratch: memoryview,
     ) -> None:
         self._own = own
+        self._reading = reading
         self._reserve = reserve
         self._filled = filled
-        self._done = done
         self._scratch = scratch
-        self._in_frame = False
+        self._left = 0  # bytes of the frame still to read into the view last given
+
+    def take_over_if_wanted(self) -> None:
+        """Take the reads over when the exchange has the rest of a large frame reserved."""
+        if self._reserve() is not None:
+            self._reading.switch(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         view = self._reserve()
-        self._in_frame = view is not None
-        return view if view is not None else self._scratch  # the frame ended: read as usual
+        self._left = 0 if view is None else len(view)
+        return self._scratch if view is None else view  # None: the frame ended, read as usual
 
     def buffer_updated(self, nbytes: int) -> None:
-        if not self._in_frame:
-            self._done()
+        if not self._left:
+            self._reading.switch(self._own)
             self._own.data_received(bytes(self._scratch[:nbytes]))
             return
+        self._left -= nbytes
         self._filled(nbytes)
-        if self._reserve() is None:
-            self._done()
+        if not self._left:
+            self._reading.switch(self._own)
 
     def pause_writing(self) -> None:
         self._own.pause_writing()
@@ -164,9 +167,6 @@ class ClientConnection(asyncio.Protocol):
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._early: list[bytes] = []
-        #: The exchange's `request_buffer` and `response_buffer` once it exists, else None.
-        self._reserve_request: Callable[[], memoryview | None] | None = None
-        self._reserve_response: Callable[[], memoryview | None] | None = None
         #: The protocols each side's transport reads through while a large frame comes.
         self._client_in_place: _InPlaceReads | None = None
         self._server_in_place: _InPlaceReads | None = None
@@ -262,23 +262,19 @@ class ClientConnection(asyncio.Protocol):
             max_frame_size=runtime.settings.max_frame_bytes,
             max_batch_bytes=runtime.settings.max_batch_bytes,
         )
-        self._reserve_request = self._exchange.request_buffer
-        self._reserve_response = self._exchange.response_buffer
-        scratch = runtime.read_view
         self._client_in_place = _InPlaceReads(
             self,
+            self._client_reading,
             self._exchange.request_buffer,
             self._client_filled,
-            lambda: self._client_reading.switch(self),
-            scratch,
+            runtime.read_view,
         )
-        server_protocol = cast(asyncio.Protocol, transport.get_protocol())
         self._server_in_place = _InPlaceReads(
-            server_protocol,
+            cast(asyncio.Protocol, transport.get_protocol()),
+            self._server_reading,
             self._exchange.response_buffer,
             self._server_filled,
-            lambda: self._server_reading.switch(server_protocol),
-            scratch,
+            runtime.read_view,
         )
         early, self._early = self._early, []
         for data in early:
@@ -294,9 +290,8 @@ class ClientConnection(asyncio.Protocol):
             self._early.append(data)
             return
         self._from_application(len(data), KafkaExchange.from_client, data)
-        reserve = self._reserve_request
-        if reserve is not None and self._client_in_place is not None and reserve() is not None:
-            self._client_reading.switch(self._client_in_place)  # a large request is coming
+        if self._client_in_place is not None:
+            self._client_in_place.take_over_if_wanted()  # a large request is coming
 
     def _client_filled(self, nbytes: int) -> None:
         self._from_application(nbytes, KafkaExchange.from_client_filled, nbytes)
@@ -322,9 +317,8 @@ class ClientConnection(asyncio.Protocol):
 
     def server_data(self, data: bytes) -> None:
         self._from_broker(len(data), KafkaExchange.from_server, data)
-        reserve = self._reserve_response
-        if reserve is not None and self._server_in_place is not None and reserve() is not None:
-            self._server_reading.switch(self._server_in_place)  # a large response is coming
+        if self._server_in_place is not None:
+            self._server_in_place.take_over_if_wanted()  # a large response is coming
 
     def _server_filled(self, nbytes: int) -> None:
         self._from_broker(nbytes, KafkaExchange.from_server_filled, nbytes)
@@ -420,7 +414,6 @@ class ClientConnection(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
-        self._reserve_request = self._reserve_response = None
         if self._connect_task is not None and not self._connect_task.done():
             self._connect_task.cancel()
         for transport in (self._client, self._server):

@@ -211,7 +211,10 @@ class FrameScanner:
             ):
                 return None
             self._assembly = bytearray(self._held_size + self._held_remaining)
-            self._assembly[: self._held_size] = b"".join(self._held)
+            pos = 0
+            for piece in self._held:  # each piece copied once, with no joined copy in between
+                self._assembly[pos : pos + len(piece)] = piece
+                pos += len(piece)
             self._held = None
         return memoryview(self._assembly)[self._held_size :]
 

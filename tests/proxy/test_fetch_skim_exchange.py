@@ -24,7 +24,6 @@ from kio.schema.join_group.v5 import request as join_request
 from kio.schema.join_group.v5 import response as join_response
 from kio.static.primitive import i8, i16, i32, i64
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 
 import proxy.tracing.consumer as consumer_module
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
@@ -49,7 +48,7 @@ from proxy.tracing.skim import skim_fetch_response_python
 from proxy.tracing.traceparent import format_traceparent
 
 from ..tracing.test_interceptors import build_batch, transactional_batch
-from .collected import CollectedSpans
+from .collected import CollectedSpans, span_fields
 from .messages import request_frame, response_frame
 
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
@@ -320,23 +319,6 @@ class Conversation:
 # -- running a conversation through exchanges -------------------------------------------------
 
 
-def _span(span: ReadableSpan) -> tuple[Any, ...]:
-    assert span.context is not None
-    parent = None if span.parent is None else (span.parent.trace_id, span.parent.span_id)
-    return (
-        span.name,
-        span.kind,
-        span.context.trace_id,
-        span.context.span_id,
-        parent,
-        span.status.status_code,
-        span.start_time,
-        span.end_time,
-        sorted((span.attributes or {}).items()),
-        len(span.links),
-    )
-
-
 @dataclasses.dataclass
 class Run:
     """What the connections did with a conversation: everything the skim must not change."""
@@ -367,7 +349,7 @@ class Run:
         """(span name, offset, redelivered) per span."""
         found = []
         for span in self.spans:
-            attributes = dict(span[8])
+            attributes = dict(span[7])
             found.append((span[0], attributes[OFFSET], attributes.get(REDELIVERED, False)))
         return found
 
@@ -460,7 +442,7 @@ def _run(
         }
         return Run(
             forwarded,
-            [_span(span) for span in pipeline.spans],
+            [span_fields(span) for span in pipeline.spans],
             list(metrics.samples()),
             connections,
             routes,
@@ -634,7 +616,7 @@ def test_a_group_learned_from_another_connection_keys_the_skimmed_offsets(twin: 
     assert on.connections["fetch-2"] == ("app-2", "billing", 0, False)
     assert on.connections["fetch-3"] == ("app-3", "audit", 0, False)
     assert on.span_offsets() == [("receive orders", 22, True), ("receive orders", 23, False)]
-    groups = [dict(span[8])["messaging.consumer.group.name"] for span in on.spans]
+    groups = [dict(span[7])["messaging.consumer.group.name"] for span in on.spans]
     assert groups == ["billing", "audit"]
     for run, route in ((on, ("skim", "skimmed")), (off, ("response",))):
         fetch_1 = [

@@ -18,7 +18,6 @@ import pytest
 from kio.schema.errors import ErrorCode
 from kio.static.primitive import i16, i32, i64
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 
 import proxy.exchange as exchange_module
 import proxy.tracing.producer as producer_module
@@ -41,7 +40,7 @@ from proxy.tracing.sampling import sampler_from_env
 from proxy.tracing.traceparent import format_traceparent, parse_traceparent
 
 from ..tracing.test_interceptors import build_batch
-from .collected import CollectedSpans
+from .collected import CollectedSpans, span_fields
 from .messages import request_frame, response_frame
 
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
@@ -161,20 +160,6 @@ def _no_lane(max_batch_bytes: int, versions: tuple[int, int]) -> None:
     """The tracer, with the lane off: every Produce request takes the general path."""
 
 
-def _span(span: ReadableSpan) -> tuple[Any, ...]:
-    assert span.context is not None
-    parent = None if span.parent is None else (span.parent.trace_id, span.parent.span_id)
-    return (
-        span.name,
-        span.kind,
-        span.context.trace_id,
-        span.context.span_id,
-        parent,
-        span.status.status_code,
-        sorted((span.attributes or {}).items()),
-    )
-
-
 #: Which twins run: of the pairing core, and of the lane (`inject_request_roots`).
 TWINS = [("compiled", "compiled"), ("python", "compiled"), ("compiled", "python")]
 
@@ -252,7 +237,12 @@ def _run(
     ]
     monkeypatch.undo()
     return Run(
-        sent, answered, [_span(s) for s in pipeline.spans], counters, exchange.in_flight, handed
+        sent,
+        answered,
+        [span_fields(s, times=False) for s in pipeline.spans],
+        counters,
+        exchange.in_flight,
+        handed,
     )
 
 
@@ -417,7 +407,7 @@ def _offsets(run: Run) -> list[tuple[str, str, int | None, str | None]]:
     """Each span's topic, partition, offset and key, as its attributes say (sorted: spans of
     acks=0 requests end before the responses to the others come)."""
     found = []
-    for _, _, _, _, _, _, attributes in run.spans:
+    for *_, attributes, _ in run.spans:
         values = dict(attributes)
         found.append(
             (
