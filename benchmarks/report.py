@@ -19,6 +19,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "lat_p99_ms": ("latency p99", "ms", False),
     "lat_p999_ms": ("latency p99.9", "ms", False),
     "lat_avg_ms": ("latency avg", "ms", False),
+    "lat_sampled_p50_ms": ("latency p50 of the sampled round trips", "ms", False),
+    "lat_unsampled_p99_ms": ("latency p99 of the others", "ms", False),
     "cpu_ms_per_mb": ("relay CPU", "ms/MB", False),
     "cpu_us_per_request": ("relay CPU", "µs/request", False),
 }
@@ -26,7 +28,15 @@ LOAD_METRICS: dict[str, tuple[str, ...]] = {
     "producer-perf": ("mb_s", "lat_p99_ms", "cpu_ms_per_mb", "cpu_us_per_request"),
     "consumer-perf": ("mb_s", "cpu_ms_per_mb", "cpu_us_per_request"),
     "e2e-java": ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms", "lat_avg_ms"),
-    "e2e-py": ("lat_p50_ms", "lat_p99_ms", "lat_p999_ms", "lat_avg_ms", "cpu_us_per_request"),
+    "e2e-py": (
+        "lat_p50_ms",
+        "lat_p99_ms",
+        "lat_p999_ms",
+        "lat_avg_ms",
+        "lat_sampled_p50_ms",
+        "lat_unsampled_p99_ms",
+        "cpu_us_per_request",
+    ),
     "produce-py": ("mb_s", "cpu_ms_per_mb", "cpu_us_per_request"),
 }
 

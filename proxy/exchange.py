@@ -18,12 +18,14 @@ Rules this module enforces:
 - A held frame nobody changed is forwarded as the original bytes too; only a frame with rewritten
   addresses, narrowed versions or injected headers is re-encoded.
 - Interceptor hooks on responses run after the response was handed on (`Outcome.after_send`), so
-  tracing adds no latency to the client.
+  tracing adds no latency to the client; so does the bookkeeping of a request the lane rebuilt
+  with sampled records (its spans' states), which only the request's response needs.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, partial
@@ -59,7 +61,6 @@ from .interceptors import (
     ConnectionContext,
     FetchedPartition,
     Interceptors,
-    LaneResult,
     ProduceInterceptor,
     ProducePartition,
     ProduceResult,
@@ -299,6 +300,25 @@ class KafkaExchange:
 
     def _on_request(self, held: HeldRequest, outcome: Outcome) -> None:
         seq, api_key, api_version, _, frame, lane = held
+        if lane is not None:
+            # A Produce request the lane rebuilt, with sampled records: it goes out first.
+            sent, records, transactional_id, sampled = lane
+            outcome.send.append(sent)
+            if sent is not frame:
+                self._rewritten_requests.inc()
+            outcome.after_send.append(
+                partial(
+                    self._on_lane_request,
+                    seq,
+                    api_version,
+                    frame,
+                    records,
+                    transactional_id,
+                    sampled,
+                    time.time_ns(),
+                )
+            )
+            return
         body = memoryview(frame)[SIZE_PREFIX:]
         header = parse_request_header(body)
         if header.client_id is not None:
@@ -306,11 +326,6 @@ class KafkaExchange:
         if header.size is None or not _decodable(api_key, api_version):
             # A version kio cannot parse: forward it and let the broker judge it.
             outcome.send.append(frame)
-            return
-        if api_key == ApiKey.PRODUCE and lane is not None:
-            outcome.send.append(
-                self._on_lane_request(seq, api_version, frame, body, header.size, lane, outcome)
-            )
             return
         if api_key == ApiKey.PRODUCE:
             outcome.send.append(
@@ -402,23 +417,30 @@ class KafkaExchange:
         self,
         seq: int,
         api_version: int,
-        frame: bytes | memoryview,
-        body: memoryview,
-        header_size: int,
-        lane: LaneResult,
-        outcome: Outcome,
-    ) -> bytes | memoryview:
-        """A Produce request the lane rebuilt, with sampled records: their partitions' states
-        come from the lane's owner, as `on_produce_request` would make them."""
+        frame: bytes | bytearray,
+        records: int,
+        transactional_id: str | None,
+        sampled: list[Any],
+        start_ns: int,
+    ) -> None:
+        """After a request the lane rebuilt went out: the states of its partitions with sampled
+        records, from the lane's owner, as `on_produce_request` would make them. Kept off the
+        request's way to the broker, which a sampled record would otherwise wait on (~40 µs on
+        cold caches, against ~7 for a request with none)."""
         owner = self._lane_owner
         assert owner is not None
-        acks = produce_acks(body, header_size, api_version)
+        view = memoryview(frame)
+        body = view[SIZE_PREFIX:]
+        header = parse_request_header(body)
+        if header.client_id is not None:
+            self.context.client_id = header.client_id
+        if header.size is None:  # the lane read this header: cannot happen
+            return
+        acks = produce_acks(body, header.size, api_version)
         if acks == 0:
             self._core.forget(seq)
-        sent, records, transactional_id, sampled = lane
         if records:
             owner.on_lane_records(records)
-        view = memoryview(frame)
         states: list[ProduceState] = []
         for topic, partition_index, start, end, injected in sampled:
             topic_id = captured_uuid(topic) if type(topic) is bytes else None
@@ -433,17 +455,19 @@ class KafkaExchange:
                 max_batch_bytes=self._max_batch_bytes,
             )
             try:
-                state = owner.on_lane_partition(self.context, partition, injected)
+                state = owner.on_lane_partition(self.context, partition, injected, start_ns)
             except Exception:
                 self._metrics.inc("interceptor_errors", hook="on_produce_request")
                 log.exception("interceptor failed on a produce request's sampled records")
                 continue
             if state is not None:
                 states.append((owner, (topic_id or name, partition_index), state))
-        self._keep_states(seq, acks, states, outcome)
-        if sent is not frame:
-            self._rewritten_requests.inc()
-        return sent
+        if not states:
+            return
+        if acks == 0:  # no response will come: the outcome is unknown
+            self._finish_produce(states, None)
+        else:
+            self._core.attach(seq, states)
 
     # -- broker -> client ------------------------------------------------------------------
 

@@ -246,10 +246,11 @@ class RequestLaneInterceptor(ProduceInterceptor, Protocol):
         (see `tracing.roots.inject_request_roots`); None: no lane in this configuration."""
 
     def on_lane_partition(
-        self, ctx: ConnectionContext, partition: ProducePartition, injected: Any
+        self, ctx: ConnectionContext, partition: ProducePartition, injected: Any, start_ns: int
     ) -> Any:
         """The lane rebuilt a partition that has sampled records (`injected` is what it made
-        of them): the state for `on_produce_response`, as `on_produce_request` returns it."""
+        of them), and the request went out; `start_ns` is when it was read. Returns the state
+        for `on_produce_response`, as `on_produce_request` does."""
 
     def on_lane_records(self, count: int) -> None:
         """`count` records went out through the lane with nothing more to do (counted in bulk,

@@ -310,8 +310,12 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "client")
             return
         self._to_server += self._send(server, outcome)
-        for action in outcome.after_send:
-            action()
+        try:
+            for action in outcome.after_send:
+                action()
+        except Exception as exc:  # what the exchange does once the bytes went out
+            self._fail(exc, "client")
+            return
         if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
 
@@ -337,8 +341,12 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "broker")
             return
         self._to_client += self._send(client, outcome)
-        for action in outcome.after_send:
-            action()
+        try:
+            for action in outcome.after_send:
+                action()
+        except Exception as exc:  # what the exchange does once the bytes went out
+            self._fail(exc, "broker")
+            return
         if self._client_reading.paused and exchange.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
 

@@ -100,9 +100,13 @@ class ProduceTracer:
         self._unsampled.inc(count)
 
     def on_lane_partition(
-        self, ctx: ConnectionContext, partition: ProducePartition, injected: Injected
+        self,
+        ctx: ConnectionContext,
+        partition: ProducePartition,
+        injected: Injected,
+        start_ns: int,
     ) -> PendingPartition | None:
-        return self._roots_injected(partition, injected, time.time_ns())
+        return self._roots_injected(partition, injected, start_ns)
 
     def on_produce_request(
         self, ctx: ConnectionContext, partition: ProducePartition

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import itertools
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -188,28 +189,7 @@ def _run(
     pieces, or each request a read of its own with None; then the responses), with
     `random.seed(seed)` first, and say what it did."""
     _choose_twins(monkeypatch, twins)
-    metrics = Metrics()
-    pipeline = CollectedSpans(metrics)
-    core = TracingCore(
-        sampler=sampler_from_env("parentbased_traceidratio", ratio),
-        propagation=Propagation(["tracecontext", "baggage"]),
-        pipeline=pipeline,
-        resource=Resource.create({"service.name": "orders"}),
-    )
-    tracer = ProduceTracer(core, metrics)
-    if not lane:
-        monkeypatch.setattr(tracer, "request_lane", _no_lane)
-    names = TopicNames()
-    names.update(topics or {})
-    exchange = KafkaExchange(
-        ConnectionContext(1, ("127.0.0.1", 5555), BrokerEndpoint(1, "broker-1", 9092)),
-        brokers=BrokerDirectory("127.0.0.1", PortMapping(19000, {})),
-        topics=names,
-        interceptors=Interceptors([tracer, FetchTracer(core, metrics)]),
-        metrics=metrics,
-        max_frame_size=1 << 24,
-    )
-    assert (exchange._lane_owner is tracer) is lane
+    exchange, _, pipeline, metrics = _traced_exchange(ratio, lane, topics, monkeypatch)
     handed = 0
     on_request = exchange._on_request
 
@@ -244,6 +224,39 @@ def _run(
         exchange.in_flight,
         handed,
     )
+
+
+def _traced_exchange(
+    ratio: str,
+    lane: bool,
+    topics: dict[uuid.UUID, str] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[KafkaExchange, ProduceTracer, CollectedSpans, Metrics]:
+    """A fresh connection's exchange traced at `ratio`, with the produce tracer's lane or
+    without, and where its spans and counts go."""
+    metrics = Metrics()
+    pipeline = CollectedSpans(metrics)
+    core = TracingCore(
+        sampler=sampler_from_env("parentbased_traceidratio", ratio),
+        propagation=Propagation(["tracecontext", "baggage"]),
+        pipeline=pipeline,
+        resource=Resource.create({"service.name": "orders"}),
+    )
+    tracer = ProduceTracer(core, metrics)
+    if not lane:
+        monkeypatch.setattr(tracer, "request_lane", _no_lane)
+    names = TopicNames()
+    names.update(topics or {})
+    exchange = KafkaExchange(
+        ConnectionContext(1, ("127.0.0.1", 5555), BrokerEndpoint(1, "broker-1", 9092)),
+        brokers=BrokerDirectory("127.0.0.1", PortMapping(19000, {})),
+        topics=names,
+        interceptors=Interceptors([tracer, FetchTracer(core, metrics)]),
+        metrics=metrics,
+        max_frame_size=1 << 24,
+    )
+    assert (exchange._lane_owner is tracer) is lane
+    return exchange, tracer, pipeline, metrics
 
 
 def _cut(stream: bytes, rng: random.Random, cuts: int) -> list[bytes]:
@@ -624,3 +637,43 @@ def test_a_request_with_names_the_lane_declines_traces_as_without_it(
     assert run.handed == 2 and len(run.spans) == 9
     names = {"orders": "orders", topic: topic}
     assert _offsets(run) == _expected_offsets(produces, names)
+
+
+@compiled
+@pytest.mark.parametrize("twins", TWINS, ids=["-".join(t) for t in TWINS])
+@pytest.mark.parametrize("acks", [1, 0])
+def test_a_sampled_request_goes_out_before_its_spans_are_prepared(
+    twins: tuple[str, str], acks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request with a sampled record is handed on as the lane rebuilt it; the spans'
+    bookkeeping (the records' offsets and keys) waits until it went out, so the traced request
+    does not wait on it. The span still starts when the request was read, and ends with the
+    record's offset (acks=1) or, with no response to come (acks=0), without one."""
+    _choose_twins(monkeypatch, twins)
+    exchange, tracer, pipeline, _ = _traced_exchange("1", True, None, monkeypatch)
+    prepared: list[int] = []
+    prepare = tracer.on_lane_partition
+
+    def noting(ctx: Any, partition: Any, injected: Any, start_ns: int) -> Any:
+        prepared.append(start_ns)
+        return prepare(ctx, partition, injected, start_ns)
+
+    monkeypatch.setattr(tracer, "on_lane_partition", noting)
+    produce = Produce(11, acks, 7, [("orders", 2, _plain(3))])
+    read_at = time.time_ns()
+    outcome = exchange.from_client(produce.request())
+    assert prepared == [], "nothing is prepared before the request goes out"
+    (sent,) = outcome.send
+    assert _has_sampled(memoryview(bytes(sent))[SIZE_PREFIX:]), "it goes out traced"
+    assert not pipeline.spans
+    after = time.time_ns()
+    for action in outcome.after_send:
+        action()
+    assert len(prepared) == 1 and read_at <= prepared[0] <= after, "started when it was read"
+    if acks:
+        assert exchange.in_flight == 1 and not pipeline.spans
+        _deliver(exchange.from_server(produce.response()))
+    assert exchange.in_flight == 0
+    offsets = [span.attributes.get("messaging.kafka.offset") for span in pipeline.spans]
+    assert offsets == ([3000, 3001, 3002] if acks else [None, None, None])
+    assert [span.start_time for span in pipeline.spans] == [prepared[0]] * 3

@@ -7,8 +7,11 @@ import dataclasses
 import gc
 from typing import Any
 
+import pytest
+
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.config import HostPort, load_settings
+from proxy.exchange import KafkaExchange, Outcome
 from proxy.groups import GroupDirectory
 from proxy.interceptors import Interceptors
 from proxy.metrics import Metrics
@@ -217,3 +220,32 @@ def test_the_rest_of_a_large_request_is_read_straight_into_its_frame() -> None:
         == len(large + small)
     )
     assert client.in_flight == 2
+
+
+@pytest.mark.parametrize("side", ["client", "broker"])
+def test_a_failure_once_the_bytes_went_out_closes_the_connection(
+    side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the exchange runs after a send (tracing's bookkeeping) failing with a bug: the
+    bytes already went out and are counted, the connection closes and the error is counted,
+    as for a failure before the send."""
+
+    def failing() -> None:
+        raise RuntimeError("a bug in what runs once the bytes went out")
+
+    def passing_on(self: KafkaExchange, data: bytes) -> Outcome:
+        outcome = Outcome([data])
+        outcome.after_send.append(failing)
+        return outcome
+
+    taking = "from_client" if side == "client" else "from_server"
+    monkeypatch.setattr(KafkaExchange, taking, passing_on)
+    metrics = Metrics()
+    client, server, client_side = _connection(metrics)
+    read, written = (client_side, server) if side == "client" else (server, client_side)
+    read.protocol.data_received(b"0123")
+    assert bytes(written.written) == b"0123"
+    assert metrics.value("internal_errors") == 1
+    assert client._closed
+    forwarded = "proxy_to_server" if side == "client" else "proxy_to_client"
+    assert _bytes(metrics, forwarded) == 4
