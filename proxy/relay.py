@@ -310,11 +310,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "client")
             return
         self._to_server += self._send(server, outcome)
-        try:
-            for action in outcome.after_send:
-                action()
-        except Exception as exc:  # what the exchange does once the bytes went out
-            self._fail(exc, "client")
+        if outcome.after_send and not self._after_send(outcome, "client"):
             return
         if exchange.in_flight >= self._max_in_flight:
             self._client_reading.pause("in_flight")
@@ -341,14 +337,21 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "broker")
             return
         self._to_client += self._send(client, outcome)
-        try:
-            for action in outcome.after_send:
-                action()
-        except Exception as exc:  # what the exchange does once the bytes went out
-            self._fail(exc, "broker")
+        if outcome.after_send and not self._after_send(outcome, "broker"):
             return
         if self._client_reading.paused and exchange.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
+
+    def _after_send(self, outcome: Outcome, peer: str) -> bool:
+        """Run what the exchange does once the bytes went out (tracing, mostly); False when it
+        failed and the connection was closed: what it left half done cannot be trusted."""
+        try:
+            for action in outcome.after_send:
+                action()
+        except Exception as exc:
+            self._fail(exc, peer)
+            return False
+        return True
 
     def _fail(self, exc: Exception, peer: str) -> None:
         """Close the connection after what one side sent could not be handled."""
