@@ -9,7 +9,9 @@ is the path itself:
   cannot rewrite addresses, so the broker must hand out the relay's address itself);
 - pyrelay: `benchmarks.bare_relay`, a Python byte relay on uvloop with no Kafka logic, in front of
   a third listener, BARE, advertised the same way: the floor of any Python proxy;
-- proxy-*: `python -m proxy` in front of PLAINTEXT, which rewrites the addresses itself.
+- proxy-*: `python -m proxy` in front of PLAINTEXT, which rewrites the addresses itself;
+- and a fourth listener, TWIN, for the direct round trips a paired load runs beside each path:
+  its own port, so they are never taken for a client that bypasses the path under test.
 
 A `LeakWatcher` checks during each measured run that no client bypasses the path under test.
 """
@@ -174,7 +176,7 @@ class BenchCluster(KafkaCluster):
 
     Clients bootstrapping through socat receive metadata from the RELAY listener, which names
     `socat_port` as the broker, so all their traffic stays on the relay; the BARE listener does
-    the same for the bare Python relay at `pyrelay_port`. The testbed has no
+    the same for the bare Python relay at `pyrelay_port`. TWIN advertises itself. The testbed has no
     public hook for extra listeners, hence the override of its config builder.
     """
 
@@ -184,22 +186,32 @@ class BenchCluster(KafkaCluster):
         self.socat_port = free_port()
         self.bare_listener_port = free_port()
         self.pyrelay_port = free_port()
+        self.twin_port = free_port()
 
     def _node_config(self, node: KafkaNode, voters: str) -> dict[str, Any]:
         config = super()._node_config(node, voters)
         if node.is_broker:
+            twin = f",TWIN://127.0.0.1:{self.twin_port}"
             config["listeners"] += (
                 f",RELAY://127.0.0.1:{self.relay_listener_port},BARE://127.0.0.1:{self.bare_listener_port}"
+                + twin
             )
             config["advertised.listeners"] += (
-                f",RELAY://127.0.0.1:{self.socat_port},BARE://127.0.0.1:{self.pyrelay_port}"
+                f",RELAY://127.0.0.1:{self.socat_port},BARE://127.0.0.1:{self.pyrelay_port}" + twin
             )
-            config["listener.security.protocol.map"] += ",RELAY:PLAINTEXT,BARE:PLAINTEXT"
+            config["listener.security.protocol.map"] += (
+                ",RELAY:PLAINTEXT,BARE:PLAINTEXT,TWIN:PLAINTEXT"
+            )
         return config
 
     @property
     def plain_port(self) -> int:
         return self.broker_ports[1]
+
+    @property
+    def twin_bootstrap(self) -> str:
+        """Where a paired load's direct round trips go (the TWIN listener)."""
+        return f"127.0.0.1:{self.twin_port}"
 
     @property
     def broker_pid(self) -> int:

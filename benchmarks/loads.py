@@ -27,7 +27,7 @@ class Load:
     `source_path`, the path whose topic it reads on every path (default: each path its own)."""
 
     name: str
-    kind: str  # producer-perf, consumer-perf, e2e-java, e2e-py, produce-py
+    kind: str  # producer-perf, consumer-perf, e2e-java, e2e-py, e2e-py-paired, produce-py
     records: int
     quick_records: int
     record_size: int = 1024
@@ -71,6 +71,9 @@ LOADS: dict[str, Load] = {
              description="EndToEndLatency 100 B, acks=all (Java; whole-ms percentiles)"),
         Load("e2e-py", "e2e-py", 3_000, 200, 100,
              description="produce one, consume it, repeat (confluent-kafka; µs percentiles)"),
+        Load("e2e-py-paired", "e2e-py-paired", 3_000, 200, 100,
+             description="e2e-py through the path and direct at once, in alternating blocks "
+             "of 25 round trips (the p99 target's figure)"),
         Load("produce-py", "produce-py", 300_000, 5_000, 1024,
              description="confluent-kafka producer 1 KiB, acks=all, uncompressed"),
     )
@@ -295,77 +298,159 @@ def _by_sampling(sampled: list[float], unsampled: list[float]) -> dict[str, floa
     }
 
 
-def e2e_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
-    """Produce one record, wait until the consumer holds it, repeat: µs-resolution latency.
+class _RoundTrips:
+    """One producer and one consumer of a new, empty topic, timing one record's round trip at a
+    time with perf_counter_ns (EndToEndLatency reports whole milliseconds, too coarse to see a
+    0.1 ms cost). Client overhead is the same on every path; the difference is the path's."""
 
-    EndToEndLatency reports whole milliseconds, too coarse to see a 0.1 ms cost, so this loop
-    times each round trip with perf_counter_ns. Client overhead is the same on every path; the
-    difference between paths is what the path adds.
-    """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+    #: The first round trips include connection and offset set-up: not counted.
+    WARMUP = 20
 
-    logger = _quiet_logger()
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, "logger": logger}
-    )
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 500,
-            "logger": logger,
-        }
-    )
-    latencies: list[float] = []
-    # Round trips whose record the proxy traced (a sampled traceparent), and the others: at 1%
-    # the 99th percentile falls where the one group ends and the other begins.
-    sampled: list[float] = []
-    unsampled: list[float] = []
-    try:
+    def __init__(self, bootstrap: str, topic: str, size: int) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+        logger = _quiet_logger()
+        self._topic = topic
+        self._size = size
+        self._sent = 0
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, "logger": logger}
+        )
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 500,
+                "logger": logger,
+            }
+        )
         # The topic is new and empty: reading from the beginning sees every record, however
         # long the consumer takes to connect.
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        warmup = 20
-        for i in range(warmup + records):
-            value = f"{i:08d}".encode().ljust(size, b"x")
-            began = time.perf_counter_ns()
-            producer.produce(topic, value)
-            producer.poll(0)
-            deadline = time.monotonic() + 30
-            while True:
-                msg = consumer.poll(1.0)
-                if msg is not None and msg.error() is None and msg.value() == value:
-                    break
-                if time.monotonic() > deadline:
-                    return LoadResult(False, error=f"record {i} not received within 30 s")
-            if i >= warmup:  # the first round trips include connection and offset set-up
-                took = (time.perf_counter_ns() - began) / 1e6
-                latencies.append(took)
-                (sampled if _carries_sampled_context(msg.headers()) else unsampled).append(took)
-        producer.flush(10)
-    except KafkaException as exc:
-        return LoadResult(False, error=str(exc))
-    finally:
-        consumer.close()
-        del producer
-    latencies.sort()
-    return LoadResult(
-        True,
-        {
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self.latencies: list[float] = []
+        # Round trips whose record the proxy traced (a sampled traceparent), and the others: at
+        # 1% the 99th percentile falls where the one group ends and the other begins.
+        self.sampled: list[float] = []
+        self.unsampled: list[float] = []
+
+    def warm_up(self) -> str | None:
+        """The uncounted first round trips; an error, if one failed."""
+        for _ in range(self.WARMUP):
+            outcome = self._one()
+            if isinstance(outcome, str):
+                return outcome
+        return None
+
+    def run(self, count: int) -> str | None:
+        """`count` counted round trips; an error, if one failed."""
+        for _ in range(count):
+            outcome = self._one()
+            if isinstance(outcome, str):
+                return outcome
+            took, sampled = outcome
+            self.latencies.append(took)
+            (self.sampled if sampled else self.unsampled).append(took)
+        return None
+
+    def _one(self) -> tuple[float, bool] | str:
+        """Produce one record and wait until the consumer holds it: (ms, whether the record
+        carried a sampled traceparent), or why it failed."""
+        value = f"{self._sent:08d}".encode().ljust(self._size, b"x")
+        self._sent += 1
+        began = time.perf_counter_ns()
+        self._producer.produce(self._topic, value)
+        self._producer.poll(0)
+        deadline = time.monotonic() + 30
+        while True:
+            msg = self._consumer.poll(1.0)
+            if msg is not None and msg.error() is None and msg.value() == value:
+                break
+            if time.monotonic() > deadline:
+                return f"record {self._sent - 1} of {self._topic} not received within 30 s"
+        took = (time.perf_counter_ns() - began) / 1e6
+        return took, _carries_sampled_context(msg.headers())
+
+    def close(self) -> None:
+        self._producer.flush(10)
+        self._consumer.close()
+
+    def figures(self) -> dict[str, float]:
+        latencies = sorted(self.latencies)
+        return {
             "lat_avg_ms": statistics.fmean(latencies),
             "lat_p50_ms": _percentile(latencies, 0.50),
             "lat_p99_ms": _percentile(latencies, 0.99),
             "lat_p999_ms": _percentile(latencies, 0.999),
-            **_by_sampling(sampled, unsampled),
-        },
-        records=records,
-        payload_bytes=records * size,
-    )
+            **_by_sampling(self.sampled, self.unsampled),
+        }
 
 
-def run_load(load: Load, bootstrap: str, topic: str, records: int, log: Path) -> LoadResult:
-    """Run `load` once; wall time covers the whole run, including any JVM start-up."""
+def e2e_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
+    """Produce one record, wait until the consumer holds it, repeat: µs-resolution latency."""
+    from confluent_kafka import KafkaException
+
+    trips: _RoundTrips | None = None
+    try:
+        trips = _RoundTrips(bootstrap, topic, size)
+        error = trips.warm_up() or trips.run(records)
+    except KafkaException as exc:
+        error = str(exc)
+    finally:
+        if trips is not None:
+            trips.close()
+    if error or trips is None:
+        return LoadResult(False, error=error)
+    return LoadResult(True, trips.figures(), records=records, payload_bytes=records * size)
+
+
+#: Round trips in a row on one side of a paired run: long enough that the path keeps its
+#: steady state (a sampled round trip's after-send work lands on the next one, as in e2e-py),
+#: short (5-10 ms) against the bursts of a shared machine.
+PAIRED_BLOCK = 25
+
+
+def e2e_py_paired(
+    bootstrap: str, direct_bootstrap: str, topic: str, records: int, size: int
+) -> LoadResult:
+    """e2e-py through the path and straight to the broker at once, in alternating blocks of
+    `PAIRED_BLOCK` round trips: the same moments of the machine for both, so the path's p99
+    can be read against a direct p99 of the same seconds. Between runs, or even repetitions,
+    a 2-core machine's bursts move a p99 by 2x either way; within one run they hit both."""
+    from confluent_kafka import KafkaException
+
+    through = direct = None
+    try:
+        through = _RoundTrips(bootstrap, topic, size)
+        direct = _RoundTrips(direct_bootstrap, f"{topic}-direct", size)
+        error = through.warm_up() or direct.warm_up()
+        done = 0
+        while not error and done < records:
+            block = min(PAIRED_BLOCK, records - done)
+            error = through.run(block) or direct.run(block)
+            done += block
+    except KafkaException as exc:
+        error = str(exc)
+    finally:
+        for trips in (through, direct):
+            if trips is not None:
+                trips.close()
+    if error or through is None or direct is None:
+        return LoadResult(False, error=error)
+    values = through.figures()
+    twin = direct.figures()
+    values["lat_direct_p50_ms"] = twin["lat_p50_ms"]
+    values["lat_direct_p99_ms"] = twin["lat_p99_ms"]
+    values["lat_p50_added_to_direct_ms"] = values["lat_p50_ms"] - twin["lat_p50_ms"]
+    values["lat_p99_to_direct"] = values["lat_p99_ms"] / twin["lat_p99_ms"]
+    return LoadResult(True, values, records=records, payload_bytes=records * size)
+
+
+def run_load(
+    load: Load, bootstrap: str, topic: str, records: int, log: Path, direct_bootstrap: str = ""
+) -> LoadResult:
+    """Run `load` once; wall time covers the whole run, including any JVM start-up. A paired
+    load also runs straight to the broker at `direct_bootstrap`, on `topic` + "-direct"."""
     began = time.monotonic()
     if load.kind == "producer-perf":
         result = producer_perf(bootstrap, topic, records, load.record_size, load.compression, log)
@@ -375,6 +460,8 @@ def run_load(load: Load, bootstrap: str, topic: str, records: int, log: Path) ->
         result = e2e_java(bootstrap, topic, records, load.record_size, log)
     elif load.kind == "e2e-py":
         result = e2e_py(bootstrap, topic, records, load.record_size)
+    elif load.kind == "e2e-py-paired":
+        result = e2e_py_paired(bootstrap, direct_bootstrap, topic, records, load.record_size)
     elif load.kind == "produce-py":
         result = produce_py(bootstrap, topic, records, load.record_size)
     else:

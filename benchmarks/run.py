@@ -132,7 +132,7 @@ def run_order(path_names: list[str], rep: int) -> list[str]:
     return order
 
 
-QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "produce-py")
+QUICK_LOADS = ("produce-1k", "consume-1k", "e2e-java", "e2e-py", "e2e-py-paired", "produce-py")
 """--quick runs one load of each kind: it smoke-tests every code path in under two minutes."""
 
 
@@ -216,7 +216,12 @@ def measure(
     loadavg = os.getloadavg()[0]
     with LeakWatcher(path, running) as watch:
         result = run_load(
-            load, path.bootstrap, topic, records, log_dir / f"r{rep}-{load.name}-{path.name}.log"
+            load,
+            path.bootstrap,
+            topic,
+            records,
+            log_dir / f"r{rep}-{load.name}-{path.name}.log",
+            direct_bootstrap=path.cluster.twin_bootstrap,
         )
     cpu = path.cpu_seconds() - cpu_before
     after = path.metrics()
@@ -392,7 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if load.kind != "consumer-perf"
                     for path in path_names
                 }
-                create_topics(cluster.bootstrap_servers, list(topics.values()))
+                paired = [
+                    f"{topic}-direct"
+                    for (load_name, _), topic in topics.items()
+                    if LOADS[load_name].kind == "e2e-py-paired"
+                ]
+                create_topics(cluster.bootstrap_servers, [*topics.values(), *paired])
                 for load in loads:
                     for name in run_order(path_names, rep):
                         source_path = load.source_path or name
