@@ -334,23 +334,17 @@ class _RoundTrips:
         self.sampled: list[float] = []
         self.unsampled: list[float] = []
 
-    def warm_up(self) -> str | None:
-        """The uncounted first round trips; an error, if one failed."""
-        for _ in range(self.WARMUP):
-            outcome = self._one()
-            if isinstance(outcome, str):
-                return outcome
-        return None
-
-    def run(self, count: int) -> str | None:
-        """`count` counted round trips; an error, if one failed."""
+    def run(self, count: int, counted: bool = True) -> str | None:
+        """`count` round trips, kept in the figures when `counted` (the first ones, set-up
+        included, are not); an error, if one failed."""
         for _ in range(count):
             outcome = self._one()
             if isinstance(outcome, str):
                 return outcome
-            took, sampled = outcome
-            self.latencies.append(took)
-            (self.sampled if sampled else self.unsampled).append(took)
+            if counted:
+                took, sampled = outcome
+                self.latencies.append(took)
+                (self.sampled if sampled else self.unsampled).append(took)
         return None
 
     def _one(self) -> tuple[float, bool] | str:
@@ -386,28 +380,51 @@ class _RoundTrips:
         }
 
 
-def e2e_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
-    """Produce one record, wait until the consumer holds it, repeat: µs-resolution latency."""
-    from confluent_kafka import KafkaException
-
-    trips: _RoundTrips | None = None
-    try:
-        trips = _RoundTrips(bootstrap, topic, size)
-        error = trips.warm_up() or trips.run(records)
-    except KafkaException as exc:
-        error = str(exc)
-    finally:
-        if trips is not None:
-            trips.close()
-    if error or trips is None:
-        return LoadResult(False, error=error)
-    return LoadResult(True, trips.figures(), records=records, payload_bytes=records * size)
-
-
 #: Round trips in a row on one side of a paired run: long enough that the path keeps its
 #: steady state (a sampled round trip's after-send work lands on the next one, as in e2e-py),
 #: short (5-10 ms) against the bursts of a shared machine.
 PAIRED_BLOCK = 25
+
+
+def twin_topic(topic: str) -> str:
+    """The topic of the direct round trips a paired run makes beside `topic`."""
+    return f"{topic}-direct"
+
+
+def _time_round_trips(
+    sides: list[tuple[str, str]], records: int, size: int
+) -> tuple[list[_RoundTrips], str | None]:
+    """`records` round trips on each (bootstrap, topic) side, taking turns in blocks of
+    `PAIRED_BLOCK`: the sides, and an error if one failed."""
+    from confluent_kafka import KafkaException
+
+    opened: list[_RoundTrips] = []
+    error = None
+    try:
+        for bootstrap, topic in sides:
+            opened.append(_RoundTrips(bootstrap, topic, size))
+        for trips in opened:
+            error = error or trips.run(_RoundTrips.WARMUP, counted=False)
+        done = 0
+        while not error and done < records:
+            block = min(PAIRED_BLOCK, records - done)
+            for trips in opened:
+                error = error or trips.run(block)
+            done += block
+    except KafkaException as exc:
+        error = str(exc)
+    finally:
+        for trips in opened:
+            trips.close()
+    return opened, error
+
+
+def e2e_py(bootstrap: str, topic: str, records: int, size: int) -> LoadResult:
+    """Produce one record, wait until the consumer holds it, repeat: µs-resolution latency."""
+    opened, error = _time_round_trips([(bootstrap, topic)], records, size)
+    if error:
+        return LoadResult(False, error=error)
+    return LoadResult(True, opened[0].figures(), records=records, payload_bytes=records * size)
 
 
 def e2e_py_paired(
@@ -417,26 +434,11 @@ def e2e_py_paired(
     `PAIRED_BLOCK` round trips: the same moments of the machine for both, so the path's p99
     can be read against a direct p99 of the same seconds. Between runs, or even repetitions,
     a 2-core machine's bursts move a p99 by 2x either way; within one run they hit both."""
-    from confluent_kafka import KafkaException
-
-    through = direct = None
-    try:
-        through = _RoundTrips(bootstrap, topic, size)
-        direct = _RoundTrips(direct_bootstrap, f"{topic}-direct", size)
-        error = through.warm_up() or direct.warm_up()
-        done = 0
-        while not error and done < records:
-            block = min(PAIRED_BLOCK, records - done)
-            error = through.run(block) or direct.run(block)
-            done += block
-    except KafkaException as exc:
-        error = str(exc)
-    finally:
-        for trips in (through, direct):
-            if trips is not None:
-                trips.close()
-    if error or through is None or direct is None:
+    sides = [(bootstrap, topic), (direct_bootstrap, twin_topic(topic))]
+    opened, error = _time_round_trips(sides, records, size)
+    if error:
         return LoadResult(False, error=error)
+    through, direct = opened
     values = through.figures()
     twin = direct.figures()
     values["lat_direct_p50_ms"] = twin["lat_p50_ms"]
@@ -450,7 +452,7 @@ def run_load(
     load: Load, bootstrap: str, topic: str, records: int, log: Path, direct_bootstrap: str = ""
 ) -> LoadResult:
     """Run `load` once; wall time covers the whole run, including any JVM start-up. A paired
-    load also runs straight to the broker at `direct_bootstrap`, on `topic` + "-direct"."""
+    load also runs straight to the broker at `direct_bootstrap`, on `twin_topic(topic)`."""
     began = time.monotonic()
     if load.kind == "producer-perf":
         result = producer_perf(bootstrap, topic, records, load.record_size, load.compression, log)

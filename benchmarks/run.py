@@ -56,6 +56,7 @@ from benchmarks.loads import (
     produce_py,
     producer_perf,
     run_load,
+    twin_topic,
 )
 from benchmarks.report import markdown, sampled_record_cost, summarise, targets
 
@@ -441,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for path in path_names
                 }
                 paired = [
-                    f"{topic}-direct"
+                    twin_topic(topic)
                     for (load_name, _), topic in topics.items()
                     if LOADS[load_name].kind == "e2e-py-paired"
                 ]

@@ -402,16 +402,19 @@ class KafkaExchange:
         return splice_located(body, layout, api_version, replacements)
 
     def _keep_states(
-        self, seq: int, acks: int, states: list[ProduceState], outcome: Outcome
+        self, seq: int, acks: int, states: list[ProduceState], outcome: Outcome | None
     ) -> None:
         """The interceptors' states of a Produce request, for its response (none with acks=0:
-        they learn the outcome is unknown once the request was sent)."""
+        they learn the outcome is unknown once the request was sent: at once when it already
+        was, `outcome` None)."""
         if not states:
             return
-        if acks == 0:
-            outcome.after_send.append(lambda: self._finish_produce(states, None))
-        else:
+        if acks != 0:
             self._core.attach(seq, states)
+        elif outcome is None:
+            self._finish_produce(states, None)
+        else:
+            outcome.after_send.append(lambda: self._finish_produce(states, None))
 
     def _on_lane_request(
         self,
@@ -462,12 +465,7 @@ class KafkaExchange:
                 continue
             if state is not None:
                 states.append((owner, (topic_id or name, partition_index), state))
-        if not states:
-            return
-        if acks == 0:  # no response will come: the outcome is unknown
-            self._finish_produce(states, None)
-        else:
-            self._core.attach(seq, states)
+        self._keep_states(seq, acks, states, None)
 
     # -- broker -> client ------------------------------------------------------------------
 
