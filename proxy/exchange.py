@@ -15,6 +15,9 @@ Rules this module enforces:
 - When the only produce interceptor has a request lane (tracing's root contexts), the core runs
   Produce requests through it: a rebuilt request with nothing sampled goes out without reaching
   this module, which sees the others with what the lane made of them.
+- Likewise, when the only fetch interceptor skims (tracing's sampled-context skim), the core
+  runs Fetch responses through its fetch lane: one with no record to read goes out without
+  reaching this module, which hands the interceptor the lane's figures once it was sent.
 - A held frame nobody changed is forwarded as the original bytes too; only a frame with rewritten
   addresses, narrowed versions or injected headers is re-encoded.
 - Interceptor hooks on responses run after the response was handed on (`Outcome.after_send`), so
@@ -42,7 +45,7 @@ from .codec.fetch import FetchedRecords, iter_fetched_partitions, locate_fetched
 from .codec.framing import SIZE_PREFIX
 from .codec.framing import frame as frame_of
 from .codec.guard import captured_uuid, program
-from .codec.headers import parse_request_header, response_header_size
+from .codec.headers import parse_request_header
 from .codec.messages import (
     decode_request,
     decode_response,
@@ -66,6 +69,7 @@ from .interceptors import (
     ProduceResult,
     RequestLaneInterceptor,
     SkimmedFetch,
+    SkimmedPartition,
     SkimmingFetchInterceptor,
 )
 from .metrics import LATENCY_BUCKETS, BoundCounter, BoundHistogram, Metrics
@@ -80,10 +84,11 @@ ALL_VERSIONS = (-(1 << 15), (1 << 15) - 1)
 FETCH_NODE_ENDPOINTS_FROM = 16
 #: Produce responses carry KIP-951 node endpoints from this version on.
 PRODUCE_NODE_ENDPOINTS_FROM = 10
-#: Fetch responses up to this size are skimmed whole first when the fetch interceptor can
-#: (`SkimmingFetchInterceptor`). A larger one nearly always holds a sampled record at the usual
-#: ratios (a 1 MiB response of 1 KiB records at 1% has none once in 30,000), so the general path
-#: would only skim it again: measured, that cost consume-1k a tenth more CPU at 1%.
+#: Fetch responses up to this size are skimmed whole first, by the core's fetch lane, when the
+#: fetch interceptor can (`SkimmingFetchInterceptor`). A larger one nearly always holds a sampled
+#: record at the usual ratios (a 1 MiB response of 1 KiB records at 1% has none once in 30,000),
+#: so the general path would only skim it again: measured, that cost consume-1k a tenth more CPU
+#: at 1%.
 SKIM_WHOLE_RESPONSES_UP_TO = 64 * 1024
 #: Requests and responses with at least this much still to come are read into place
 #: (`request_buffer`, `response_buffer`): a read of the socket's then goes straight into the
@@ -226,6 +231,10 @@ class KafkaExchange:
             self._core.response_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
         )
         self._lane_owner = self._set_produce_lane(interceptors.lane, max_batch_bytes)
+        #: What the core's fetch lane made of the Fetch responses it sent on (`_set_fetch_lane`),
+        #: the core's own list: emptied here once they went out.
+        self._fetch_skims: list[tuple[int, list[SkimmedPartition]]] = self._core.fetch_skims
+        self._set_fetch_lane(interceptors.fetch_skim)
         self._holding_group_requests = interceptors.want_group_ids
         metrics.add_source(self)
 
@@ -241,6 +250,18 @@ class KafkaExchange:
             return None
         self._core.set_produce_lane(lane, versions)
         return owner
+
+    def _set_fetch_lane(self, skimming: SkimmingFetchInterceptor | None) -> None:
+        """Give the core the skimming fetch interceptor's lane, if there is one: a Fetch
+        response (up to SKIM_WHOLE_RESPONSES_UP_TO bytes) with nothing for it to read then goes
+        out from the core without reaching this module, and the interceptor gets its figures
+        once it was sent (`_hand_skimmed`)."""
+        if skimming is None:
+            return
+        versions = DECODABLE[ApiKey.FETCH]
+        self._core.set_fetch_lane(
+            skimming.fetch_lane(versions), versions, SKIM_WHOLE_RESPONSES_UP_TO
+        )
 
     @property
     def in_flight(self) -> int:
@@ -477,14 +498,24 @@ class KafkaExchange:
         return self._server_outcome(*self._core.response_filled(nbytes))
 
     def _server_outcome(self, pieces: list[Any], held: int) -> Outcome:
+        skims = self._fetch_skims
         if not held:
-            return Outcome(pieces)
+            outcome = Outcome(pieces)
+            if skims:
+                outcome.after_send.append(partial(self._hand_skimmed, skims.copy()))
+                skims.clear()
+            return outcome
         outcome = Outcome()
-        for piece in pieces:
+        for position, piece in enumerate(pieces):
+            if skims and skims[0][0] == position:  # sent by the core's fetch lane
+                outcome.after_send.append(partial(self._hand_skimmed, [skims.pop(0)]))
             if type(piece) is tuple:
                 outcome.send.append(self._on_response(piece, outcome))
             else:
                 outcome.send.append(piece)
+        if skims:  # none are left over: this only keeps a mistake from spreading
+            outcome.after_send.append(partial(self._hand_skimmed, skims.copy()))
+            skims.clear()
         return outcome
 
     def _on_response(self, held: HeldResponse, outcome: Outcome) -> bytes | memoryview:
@@ -549,47 +580,33 @@ class KafkaExchange:
 
     def _locate_fetched(self, version: int, body: memoryview, hook: Callable[[Any], None]) -> None:
         """Hand an already forwarded Fetch response's records to the interceptors as views of
-        the frame, found by the guard's walk; a response the walk cannot read is decoded. When
-        the only fetch interceptor skims, a response (up to SKIM_WHOLE_RESPONSES_UP_TO bytes)
-        with nothing for it to read gets one compiled skim and the interceptor only its
-        figures."""
-        skimming = self._interceptors.fetch_skim
-        if (
-            skimming is not None
-            and len(body) <= SKIM_WHOLE_RESPONSES_UP_TO
-            and self._skim_fetched(skimming, version, body)
-        ):
-            return
+        the frame, found by the guard's walk; a response the walk cannot read is decoded. (With
+        a skimming fetch interceptor, the core's fetch lane has already skimmed it whole and
+        found something to read, or found it too large to try.)"""
         partitions = locate_fetched_partitions(body, version)
         if partitions is None:
             self._decode_for(ApiKey.FETCH, version, body, hook)
         else:
             self._deliver_fetch(partitions)
 
-    def _skim_fetched(
-        self, skimming: SkimmingFetchInterceptor, version: int, body: memoryview
-    ) -> bool:
-        """Whether the response's records were all skimmed, with nothing to read."""
-        try:
-            header_size = response_header_size(body, ApiKey.FETCH, version)
-        except ProtocolError:
-            return False
-        skimmed = skimming.skim_fetch_response(body, header_size, version)
-        if skimmed is None:
-            return False
-        self._learn_group()
-        partitions: list[SkimmedFetch] = []
-        for topic, partition, highest, count in skimmed:
-            if type(topic) is bytes:
-                topic_id = captured_uuid(topic)
-                topic = self._topics.name(topic_id) or str(topic_id)
-            partitions.append((topic, partition, highest, count))
-        try:
-            skimming.on_fetch_skimmed(self.context, partitions)
-        except Exception:
-            self._metrics.inc("interceptor_errors", hook="on_fetch_skimmed")
-            log.exception("interceptor failed on a skimmed fetch response")
-        return True
+    def _hand_skimmed(self, skims: list[tuple[int, list[SkimmedPartition]]]) -> None:
+        """The figures of Fetch responses the core's fetch lane sent on, nothing in them to
+        read, to the skimming interceptor: topics by name (or their id's text when unknown)."""
+        skimming = self._interceptors.fetch_skim
+        assert skimming is not None  # only it sets the lane
+        for _, skimmed in skims:
+            self._learn_group()
+            partitions: list[SkimmedFetch] = []
+            for topic, partition, highest, count in skimmed:
+                if type(topic) is bytes:
+                    topic_id = captured_uuid(topic)
+                    topic = self._topics.name(topic_id) or str(topic_id)
+                partitions.append((topic, partition, highest, count))
+            try:
+                skimming.on_fetch_skimmed(self.context, partitions)
+            except Exception:
+                self._metrics.inc("interceptor_errors", hook="on_fetch_skimmed")
+                log.exception("interceptor failed on a skimmed fetch response")
 
     def _learn_group(self) -> None:
         """A consumer connection's group, once another connection of its client named it."""

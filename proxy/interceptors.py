@@ -274,20 +274,23 @@ SkimmedFetch = tuple[str, int, int, int]
 @runtime_checkable
 class SkimmingFetchInterceptor(FetchInterceptor, Protocol):
     """A fetch interceptor with nothing to do for records without a sampled context (tracing
-    with W3C propagation and parent-based sampling): the framework may skim a whole Fetch
-    response in one compiled call and, when no record may carry such a context, hand it only
-    the figures of each partition. It uses that when this is the only fetch interceptor;
-    responses with something to read still go to `on_fetch_response`."""
+    with W3C propagation and parent-based sampling): the framework runs its `fetch_lane` on a
+    Fetch response before sending it and, when no record may carry such a context, sends it at
+    once and hands the interceptor only the figures of each partition. It uses that when this
+    is the only fetch interceptor; responses with something to read still go to
+    `on_fetch_response`."""
 
     def skims_fetch_responses(self) -> bool:
         """Whether, in this configuration, records without a sampled context need nothing."""
 
-    def skim_fetch_response(
-        self, body: memoryview, offset: int, api_version: int
-    ) -> list[SkimmedPartition] | None:
-        """Per partition of the response whose message starts at `offset` in `body`: (topic
-        name, or raw topic id from v13 on, partition, highest offset, record count), when no
-        record needs reading; None when some does, or for anything unusual (never raises)."""
+    def fetch_lane(
+        self, versions: tuple[int, int]
+    ) -> Callable[[bytes | memoryview, int], list[SkimmedPartition] | None]:
+        """The lane for Fetch responses of `versions` (the framework gives it those up to a
+        size): (frame, version) -> per partition (topic name, or raw topic id from v13 on,
+        partition, highest offset, record count) when no record needs reading; None when some
+        does, or for anything unusual (it must never raise). It runs before the response is
+        sent (see `tracing.skim.skim_fetch_frame`)."""
 
     def on_fetch_skimmed(self, ctx: ConnectionContext, partitions: list[SkimmedFetch]) -> None:
         """A Fetch response was forwarded and no record of it may carry a sampled context."""

@@ -154,3 +154,60 @@ skim_fetch_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     return declined_on_error(result);
 }
+
+const char skim_fetch_frame_doc[] =
+"skim_fetch_frame(programs, frame, api_version)\n"
+"    -> list[tuple[str | bytes, int, int, int]] | None\n\n"
+"The twin of proxy/tracing/skim.py's skim_fetch_frame_python: skim_fetch_response for a whole\n"
+"response frame (size prefix first), walked with programs[api_version], its header of v1 when\n"
+"that program is flexible (tagged header fields are declined); None: declined, for the general\n"
+"path. The pairing core's fetch lane.";
+
+PyObject *
+skim_fetch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "skim_fetch_frame takes 3 arguments");
+        return NULL;
+    }
+    if (!PyDict_Check(args[0])) {
+        return Py_NewRef(Py_None);
+    }
+    long api_version = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred()) {
+        return declined_on_error(NULL); /* not ints, or too large: declined, as the twin does */
+    }
+    if (api_version < INT16_MIN || api_version > INT16_MAX) {
+        return Py_NewRef(Py_None); /* no Fetch version */
+    }
+    PyObject *program = PyDict_GetItemWithError(args[0], args[2]); /* borrowed */
+    if (program == NULL) {
+        return declined_on_error(PyErr_Occurred() ? NULL : Py_NewRef(Py_None));
+    }
+    if (!PyTuple_Check(program) || PyTuple_GET_SIZE(program) < 1) {
+        return Py_NewRef(Py_None);
+    }
+    int flexible = PyObject_IsTrue(PyTuple_GET_ITEM(program, 0));
+    if (flexible < 0) {
+        return declined_on_error(NULL);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return declined_on_error(NULL);
+    }
+    Py_INCREF(program); /* the dict is the caller's */
+    PyObject *result;
+    const unsigned char *body = (const unsigned char *)view.buf + 4;
+    Py_ssize_t size = view.len - 4;
+    Py_ssize_t offset = flexible ? 5 : 4; /* correlation id, then no tagged fields when flexible */
+    if (size < offset || (flexible && body[4] != 0)) {
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        result = skim_response(program, body, size, offset, api_version);
+    }
+    Py_DECREF(program);
+    PyBuffer_Release(&view);
+    return declined_on_error(result);
+}

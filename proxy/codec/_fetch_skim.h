@@ -14,4 +14,7 @@ PyObject *skim_batches_in(const unsigned char *data, Py_ssize_t total, int until
 extern const char skim_fetch_response_doc[];
 PyObject *skim_fetch_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
+extern const char skim_fetch_frame_doc[];
+PyObject *skim_fetch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
 #endif

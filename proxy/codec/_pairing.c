@@ -35,6 +35,7 @@
 #define OTHER_SLOT API_SLOTS     /* keys Kafka does not define */
 #define MAX_BUCKETS 32
 #define PRODUCE_KEY 0
+#define FETCH_KEY 1
 #define PRODUCE_FLEXIBLE_FROM 9
 #define PRODUCE_TRANSACTIONAL_ID_FROM 3
 
@@ -87,6 +88,10 @@ typedef struct {
     PyObject *lane;          /* the Produce request lane, or NULL */
     int lane_low, lane_high; /* the Produce versions it takes */
     unsigned long long lane_rewritten, lane_records; /* since the last take_lane_counts */
+    PyObject *fetch_lane;    /* the Fetch response lane, or NULL */
+    int fetch_lane_low, fetch_lane_high; /* the Fetch versions it takes */
+    Py_ssize_t fetch_lane_max_size; /* and the largest of them, less the size prefix */
+    PyObject *fetch_skims;   /* list: what the fetch lane made of the responses it forwarded */
 } PairingCore;
 
 /* How a request frame is taken once whole (the second item of its token). */
@@ -508,6 +513,43 @@ take_by_lane(PairingCore *self, long long seq, int api_version, int acks, PyObje
     return 1;
 }
 
+/* A Fetch response that walked clean, with no state attached, through the fetch lane: 1 when
+ * the lane took it (forward it as it is, at `position` in what this feed gives out: its result
+ * was kept in fetch_skims as (position, result)), 0 when it is handed to the owner as before
+ * (another API or version, no lane, or the lane declined with None), -1 on an error. Like the
+ * produce lane, the lane is the owner's code. */
+static int
+take_by_fetch_lane(PairingCore *self, PyObject *key, PyObject *version, PyObject *frame,
+                   Py_ssize_t position)
+{
+    if (self->fetch_lane == NULL || PyLong_AsLong(key) != FETCH_KEY) {
+        return 0;
+    }
+    long v = PyLong_AsLong(version);
+    if (v < self->fetch_lane_low || v > self->fetch_lane_high ||
+        PyObject_Size(frame) - SIZE_PREFIX > self->fetch_lane_max_size) {
+        return 0;
+    }
+    PyObject *lane = Py_NewRef(self->fetch_lane);
+    PyObject *args[2] = {frame, version};
+    PyObject *result = PyObject_Vectorcall(lane, args, 2, NULL);
+    Py_DECREF(lane);
+    if (result == NULL) {
+        return -1;
+    }
+    if (result == Py_None) {
+        Py_DECREF(result);
+        return 0;
+    }
+    PyObject *kept = Py_BuildValue("(nN)", position, result);
+    if (kept == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(self->fetch_skims, kept);
+    Py_DECREF(kept);
+    return failed < 0 ? -1 : 1;
+}
+
 /* A whole held frame goes out: forwarded after its acks were read or its walk, or handed to
  * the owner. */
 static int
@@ -573,6 +615,18 @@ emit_held(PairingCore *self, Scanner *scanner, Feed *feed, PyObject *token, PyOb
             PyBuffer_Release(&b);
             if (untagged && PyTuple_GET_ITEM(token, 5) == Py_False) {
                 return append_new(feed->out, frame);
+            }
+            if (untagged && PyTuple_GET_ITEM(token, 3) == Py_None) {
+                int laned = take_by_fetch_lane(self, PyTuple_GET_ITEM(token, 0),
+                                               PyTuple_GET_ITEM(token, 1), frame,
+                                               PyList_GET_SIZE(feed->out));
+                if (laned < 0) {
+                    Py_DECREF(frame);
+                    return -1;
+                }
+                if (laned > 0) {
+                    return append_new(feed->out, frame); /* skimmed: it goes out as it came */
+                }
             }
             verdict = untagged ? Py_True : Py_False;
         }
@@ -1058,6 +1112,8 @@ core_traverse(PairingCore *self, visitproc visit, void *arg)
     Py_VISIT(self->too_large);
     Py_VISIT(self->walks);
     Py_VISIT(self->lane);
+    Py_VISIT(self->fetch_lane);
+    Py_VISIT(self->fetch_skims);
     return 0;
 }
 
@@ -1073,6 +1129,8 @@ core_clear(PairingCore *self)
     Py_CLEAR(self->too_large);
     Py_CLEAR(self->walks);
     Py_CLEAR(self->lane);
+    Py_CLEAR(self->fetch_lane);
+    Py_CLEAR(self->fetch_skims);
     return 0;
 }
 
@@ -1095,6 +1153,12 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self != NULL) {
         self->requests.peek_size = REQUEST_PEEK;
         self->responses.peek_size = RESPONSE_PEEK;
+        self->fetch_lane_low = 1;
+        self->fetch_skims = PyList_New(0);
+        if (self->fetch_skims == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
     }
     return (PyObject *)self;
 }
@@ -1298,6 +1362,32 @@ core_set_produce_lane(PairingCore *self, PyObject *args)
 }
 
 static PyObject *
+core_set_fetch_lane(PairingCore *self, PyObject *args)
+{
+    PyObject *lane;
+    int low = 1, high = 0;
+    Py_ssize_t max_size = 0;
+    if (!PyArg_ParseTuple(args, "O(ii)n", &lane, &low, &high, &max_size)) {
+        return NULL;
+    }
+    if (lane != Py_None && !PyCallable_Check(lane)) {
+        PyErr_SetString(PyExc_TypeError, "the fetch lane must be callable or None");
+        return NULL;
+    }
+    Py_XSETREF(self->fetch_lane, lane == Py_None ? NULL : Py_NewRef(lane));
+    self->fetch_lane_low = low;
+    self->fetch_lane_high = high;
+    self->fetch_lane_max_size = max_size;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_fetch_skims(PairingCore *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->fetch_skims);
+}
+
+static PyObject *
 core_take_lane_counts(PairingCore *self, PyObject *Py_UNUSED(ignored))
 {
     PyObject *taken = Py_BuildValue("(KK)", self->lane_rewritten, self->lane_records);
@@ -1339,12 +1429,18 @@ static PyMethodDef core_methods[] = {
      "Run Produce requests of the versions given through a lane (None: no lane)."},
     {"take_lane_counts", (PyCFunction)core_take_lane_counts, METH_NOARGS,
      "Requests the lane rebuilt and records it passed on unsampled since the last call."},
+    {"set_fetch_lane", (PyCFunction)core_set_fetch_lane, METH_VARARGS,
+     "Run clean Fetch responses of the versions given, up to a size, through a lane (None: no "
+     "lane)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef core_getset[] = {
     {"in_flight", (getter)core_in_flight, NULL,
      "Requests that will get a response and have not yet.", NULL},
+    {"fetch_skims", (getter)core_fetch_skims, NULL,
+     "What the fetch lane made of the responses it forwarded, oldest first, as (where the "
+     "response is in what its feed gave out, the lane's result); the owner empties it.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

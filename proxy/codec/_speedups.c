@@ -15,6 +15,8 @@
  *                                                                 for a whole Produce request)
  *   skim_fetch_response            proxy/tracing/skim.py         (in _fetch_skim.c: the skim of
  *                                                                 a whole Fetch response)
+ *   skim_fetch_frame               proxy/tracing/skim.py         (in _fetch_skim.c: the same for
+ *                                                                 a frame, the fetch lane)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
  *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
@@ -1323,6 +1325,8 @@ static PyMethodDef speedups_methods[] = {
      inject_request_roots_doc},
     {"skim_fetch_response", (PyCFunction)(void (*)(void))skim_fetch_response, METH_FASTCALL,
      skim_fetch_response_doc},
+    {"skim_fetch_frame", (PyCFunction)(void (*)(void))skim_fetch_frame, METH_FASTCALL,
+     skim_fetch_frame_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"sampled_record_starts", sampled_record_starts, METH_VARARGS, sampled_record_starts_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},

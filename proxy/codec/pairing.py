@@ -16,6 +16,10 @@ requests of the lane's versions are handed to it instead, once their acks are re
 it rebuilds with no sampled record goes out at once, and only the others reach the owner, with
 the lane's result so the owner builds their spans without drawing again.
 
+With a *fetch lane* set (`set_fetch_lane`: tracing's `skim_fetch_frame`), a Fetch response the
+owner would be handed with a clean walk is given to the lane first: one it takes (no record to
+read) goes out at once, and the owner only finds the lane's result in `fetch_skims`.
+
 `_speedups.c` has the compiled twin (`PairingCore`); `pairing_core` picks it when built. Both
 raise the same errors with the same messages and produce the same pieces for the same reads.
 """
@@ -38,6 +42,7 @@ from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id,
 from .produce import plain_header_size, produce_acks
 
 PRODUCE = 0
+FETCH = 1
 #: Produce requests use header v2 (flexible) from this version on.
 PRODUCE_FLEXIBLE_FROM = 9
 #: Produce requests carry a transactional id (before acks) from this version on.
@@ -81,6 +86,9 @@ HeldRequest = tuple[int, int, int, int, "bytes | memoryview", Any]
 #: The produce lane: (frame, version) -> None (declined) or (frame to send, records passed on
 #: unsampled, transactional id, partitions with sampled records); see tracing/roots.py.
 ProduceLane = Callable[["bytes | memoryview", int], Any]
+#: The fetch lane: (frame, version) -> None (hand the response over) or what the owner keeps of
+#: it, the response then going out as it came; see tracing/skim.py's `skim_fetch_frame`.
+FetchLane = Callable[["bytes | memoryview", int], Any]
 #: How a request frame is taken once whole: handed over, read for its acks, or given to the lane.
 TAKE_HOLD, TAKE_ACKS, TAKE_LANE = range(3)
 #: A response the owner asked to see: (api key, version, correlation id, attached state or None,
@@ -139,6 +147,12 @@ class PairingCorePython:
         self._lane: ProduceLane | None = None
         self._lane_versions: VersionRange = (1, 0)
         self._lane_rewritten = self._lane_records = 0
+        self._fetch_lane: FetchLane | None = None
+        self._fetch_lane_versions: VersionRange = (1, 0)
+        self._fetch_lane_max_size = 0
+        #: What the fetch lane made of the responses it forwarded, oldest first, as (where the
+        #: response is in what its feed gave out, the lane's result); the owner empties it.
+        self.fetch_skims: list[tuple[int, Any]] = []
         self._requests = FrameScanner(
             peek_size=REQUEST_PEEK_SIZE, max_frame_size=max_frame_size, classify=self._request
         )
@@ -162,6 +176,16 @@ class PairingCorePython:
         """Run Produce requests of these versions through `lane` (None: no lane)."""
         self._lane = lane
         self._lane_versions = versions
+
+    def set_fetch_lane(self, lane: FetchLane | None, versions: VersionRange, max_size: int) -> None:
+        """Run Fetch responses of these versions, up to `max_size` bytes after their size
+        prefix, through `lane` (None: no lane) when they would be handed over with a clean walk
+        and no attached state: one the lane takes goes out as
+        it came, and its result is appended to `fetch_skims` instead (with where it is in
+        what the feed gives out, so the owner keeps the responses' order)."""
+        self._fetch_lane = lane
+        self._fetch_lane_versions = versions
+        self._fetch_lane_max_size = max_size
 
     def take_lane_counts(self) -> tuple[int, int]:
         """Requests the lane rebuilt, and records it passed on unsampled, since the last call."""
@@ -332,9 +356,26 @@ class PairingCorePython:
             if untagged and not handed_over:
                 out.append(piece.frame)
                 continue
+            if untagged and state is None and self._fetch_lane_takes(key, version, piece, len(out)):
+                out.append(piece.frame)
+                continue
             out.append((key, version, correlation_id, state, piece.frame, untagged))
             held += 1
         return out, held
+
+    def _fetch_lane_takes(self, key: int, version: int, piece: Held, position: int) -> bool:
+        """Whether the fetch lane took this response, to go out at `position` (its result kept
+        in `fetch_skims`)."""
+        if self._fetch_lane is None or key != FETCH:
+            return False
+        low, high = self._fetch_lane_versions
+        if not low <= version <= high or len(piece.frame) - 4 > self._fetch_lane_max_size:
+            return False
+        result = self._fetch_lane(piece.frame, version)
+        if result is None:
+            return False
+        self.fetch_skims.append((position, result))
+        return True
 
     def _response(self, peek: memoryview, size: int) -> Any:
         correlation_id = peek_correlation_id(peek)

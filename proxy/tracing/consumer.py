@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
@@ -36,7 +36,7 @@ from .core import TracingCore
 from .skim import (
     sampled_record_starts,
     skim_batches,
-    skim_fetch_response,
+    skim_fetch_frame,
     skim_headers,
 )
 from .spans import finished_span, new_span_id, new_trace_id, printable_key
@@ -163,10 +163,14 @@ class FetchTracer:
             and core.consumer_span_mode == "parent"
         )
 
-    def skim_fetch_response(
-        self, body: memoryview, offset: int, api_version: int
-    ) -> list[SkimmedPartition] | None:
-        return skim_fetch_response(layout_program(api_version), body, offset, api_version)
+    def fetch_lane(
+        self, versions: tuple[int, int]
+    ) -> Callable[[bytes | memoryview, int], list[SkimmedPartition] | None]:
+        """`skim_fetch_frame` with the layout programs of `versions`: one compiled call per
+        response, made by the pairing core itself."""
+        low, high = versions
+        programs = {version: layout_program(version) for version in range(low, high + 1)}
+        return partial(skim_fetch_frame, programs)
 
     def on_fetch_skimmed(self, ctx: ConnectionContext, partitions: list[SkimmedFetch]) -> None:
         """What `_trace` records for partitions whose skim found nothing to read: the highest

@@ -16,7 +16,7 @@ for the usual response with nothing to read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..codec import native
 from ..codec.fetch import (
@@ -267,3 +267,27 @@ def skim_fetch_response_python(
 
 #: The whole-response skim the consumer side runs: the compiled twin when built.
 skim_fetch_response = native.twin("skim_fetch_response", skim_fetch_response_python)
+
+
+def skim_fetch_frame_python(
+    programs: Mapping[int, Program], frame: Buffer, api_version: int
+) -> list[SkimmedPartition] | None:
+    """`skim_fetch_response` for a whole response frame (size prefix first), walked with
+    `programs[api_version]`. Its header is of v1 when that program is flexible: tagged header
+    fields are declined. The pairing core's fetch lane (`FetchTracer.fetch_lane`): it runs
+    before the frame is sent, so anything unusual is left to the general path. Never raises."""
+    try:
+        program = programs.get(api_version) if isinstance(programs, Mapping) else None
+        if program is None:
+            return None
+        body = memoryview(frame)[4:]
+        offset = 5 if program[0] else 4  # the correlation id, then no tagged fields
+        if len(body) < offset or (program[0] and body[4] != 0):
+            return None
+    except Exception:
+        return None
+    return skim_fetch_response_python(program, body, offset, api_version)
+
+
+#: The fetch lane's skim: the compiled twin when built.
+skim_fetch_frame = native.twin("skim_fetch_frame", skim_fetch_frame_python)

@@ -36,7 +36,7 @@ from proxy.codec.produce import produce_acks
 from proxy.exchange import hold_policy
 from proxy.interceptors import Interceptors
 
-from ..proxy.messages import fetch_response, request_frame, response_frame
+from ..proxy.messages import fetch_response, large_fetch_frame, request_frame, response_frame
 
 compiled = pytest.mark.skipif(native.compiled is None, reason="extension not built")
 ERRORS = (ProtocolError, FrameTooLarge)
@@ -457,7 +457,7 @@ def test_responses_are_walked_and_handed_over_only_with_node_endpoints(
         request = _produce(11, 3, 1)
         response = response_frame(_produce_response(endpoints), 3)
     else:
-        request = _request(1, 16, 3)
+        request = _request(1, 17, 3)
         response = response_frame(fetch_response(16, endpoints=endpoints), 3)
     for core in _twins(POLICIES["tracing off"]):
         core.from_client(request)
@@ -479,7 +479,7 @@ def test_damaged_walked_responses_are_handed_over_alike(damage: int) -> None:
         response[rng.randrange(8, len(response))] = rng.randrange(256)
     results = []
     for core in _twins(POLICIES["tracing off"]):
-        core.from_client(_request(1, 16, 3))
+        core.from_client(_request(1, 17, 3))
         results.append(_feed(core, "from_server", bytes(response)))
     assert results[0] == results[1]
 
@@ -942,3 +942,134 @@ def test_a_lane_that_calls_back_into_the_core_is_safe(answer: str) -> None:
         assert lane_result == (
             None if answer == "declined" else _normal([_sampled(_produce(11, 1, 0))])[0]
         )
+
+
+# -- the fetch lane -------------------------------------------------------------------------
+
+#: The versions and the size the fake fetch lanes below take.
+FETCH_LANE_VERSIONS = (17, 17)
+FETCH_LANE_MAX = 1000
+
+
+class _FetchLane:
+    """A fake fetch lane: notes what it is given (as bytes, with the version) and answers
+    `answer(frame)`: a list (the response goes out, the list kept) or None (handed over)."""
+
+    def __init__(self, answer: Callable[[bytes], Any]) -> None:
+        self.answer = answer
+        self.calls: list[tuple[bytes, int]] = []
+
+    def __call__(self, frame: bytes | memoryview, version: int) -> Any:
+        self.calls.append((bytes(frame), version))
+        return self.answer(bytes(frame))
+
+
+def _fetch_laned(answer: Callable[[bytes], Any]) -> list[tuple[Any, _FetchLane]]:
+    """Both twins under the tracing policy, each with its own fetch lane answering alike."""
+    cores = []
+    for core in _twins(POLICIES["tracing on"]):
+        lane = _FetchLane(answer)
+        core.set_fetch_lane(lane, FETCH_LANE_VERSIONS, FETCH_LANE_MAX)
+        cores.append((core, lane))
+    return cores
+
+
+def _fetch_frame(version: int, correlation_id: int, *, endpoints: bool = False) -> bytes:
+    return response_frame(fetch_response(version, endpoints=endpoints), correlation_id)
+
+
+@compiled
+def test_a_fetch_response_the_lane_takes_goes_out_as_it_came_and_leaves_its_result() -> None:
+    response = _fetch_frame(17, 3)
+    for core, lane in _fetch_laned(lambda frame: [("figures of", len(frame))]):
+        core.from_client(_request(1, 17, 3))
+        for cut in (len(response), 9):  # whole, or split over reads
+            items = core.from_server(response[:cut])[0]
+            rest, held = core.from_server(response[cut:]) if cut < len(response) else ([], 0)
+            items += rest
+            assert held == 0, "not handed over"
+            assert b"".join(bytes(item) for item in items) == response
+            assert lane.calls[-1] == (response, 17)
+            assert core.fetch_skims == [(len(items) - 1, [("figures of", len(response))])]
+            core.fetch_skims.clear()
+            core.from_client(_request(1, 17, 3))
+
+
+@compiled
+def test_a_fetch_response_the_lane_declines_is_handed_over_with_its_verdict() -> None:
+    response = _fetch_frame(17, 3)
+    for core, lane in _fetch_laned(lambda frame: None):
+        core.from_client(_request(1, 17, 3))
+        ((*_, frame, walked),), held = core.from_server(response)
+        assert (held, bytes(frame), walked) == (1, response, True)
+        assert lane.calls == [(response, 17)]
+        assert core.fetch_skims == []
+
+
+@compiled
+@pytest.mark.parametrize(
+    "case", ["endpoints", "older version", "newer version", "other api", "no lane"]
+)
+def test_the_fetch_lane_sees_only_clean_fetch_responses_of_its_versions_and_size(
+    case: str,
+) -> None:
+    """Node endpoints (to be rewritten), other versions, other APIs, or a lane taken away:
+    handed over as without a lane, the lane never called."""
+    version = {"older version": 16, "newer version": 18}.get(case, 17)
+    key = METADATA if case == "other api" else 1
+    if case == "other api":
+        response = _response(3)
+    else:
+        response = _fetch_frame(version, 3, endpoints=case == "endpoints")
+    results = []
+    for core, lane in _fetch_laned(lambda frame: []):
+        if case == "no lane":
+            core.set_fetch_lane(None, FETCH_LANE_VERSIONS, FETCH_LANE_MAX)
+        core.from_client(_request(key, version if key == 1 else 12, 3))
+        items, held = core.from_server(response)
+        assert lane.calls == [] and core.fetch_skims == []
+        assert b"".join(bytes(i[FRAME] if type(i) is tuple else i) for i in items) == response
+        results.append((_normal(items), held))
+    assert results[0] == results[1]
+    assert results[0][1] == 1, "handed over, as the tracing policy hands them all over"
+
+
+@compiled
+@pytest.mark.parametrize("over", [0, 1])
+def test_the_fetch_lane_sees_responses_up_to_its_size(over: int) -> None:
+    response = large_fetch_frame(3, 500, version=17)
+    results = []
+    for core, lane in _fetch_laned(lambda frame: []):
+        core.set_fetch_lane(lane, FETCH_LANE_VERSIONS, len(response) - 4 - over)
+        core.from_client(_request(1, 17, 3))
+        items, held = core.from_server(response)
+        assert len(lane.calls) == 1 - over
+        assert held == over
+        results.append((_normal(items), held, core.fetch_skims))
+    assert results[0] == results[1]
+
+
+@compiled
+def test_the_fetch_lanes_results_say_where_their_responses_are_among_the_others() -> None:
+    """Three Fetch responses in one read, the middle one declined: the owner can keep their
+    order (the skimmed ones are at positions 0 and 2, the held one at 1)."""
+    responses = [_fetch_frame(17, n) for n in (1, 2, 3)]
+    declined = responses[1]
+    for core, lane in _fetch_laned(lambda frame: None if frame == declined else [frame[4:8]]):
+        core.from_client(b"".join(_request(1, 17, n) for n in (1, 2, 3)))
+        items, held = core.from_server(b"".join(responses))
+        assert held == 1 and type(items[1]) is tuple and bytes(items[1][FRAME]) == declined
+        assert [bytes(items[0]), bytes(items[2])] == [responses[0], responses[2]]
+        assert core.fetch_skims == [(0, [responses[0][4:8]]), (2, [responses[2][4:8]])]
+        assert [call[0] for call in lane.calls] == responses
+
+
+@compiled
+def test_a_failing_fetch_lane_fails_the_read_alike() -> None:
+    def failing(frame: bytes) -> Any:
+        raise RuntimeError("the lane broke")
+
+    for core, _ in _fetch_laned(failing):
+        core.from_client(_request(1, 17, 3))
+        with pytest.raises(RuntimeError, match="the lane broke"):
+            core.from_server(_fetch_frame(17, 3))

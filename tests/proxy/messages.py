@@ -66,9 +66,11 @@ def fetch_response(version: int = 16, *, endpoints: bool = False, error: int = 0
     )
 
 
-def large_fetch_frame(correlation_id: int, size: int, *, endpoints: bool = False) -> bytes:
-    """A `fetch_response` (v16) frame whose one partition holds `size` opaque record bytes."""
-    response = fetch_response(16, endpoints=endpoints)
+def large_fetch_frame(
+    correlation_id: int, size: int, *, endpoints: bool = False, version: int = 16
+) -> bytes:
+    """A `fetch_response` frame whose one partition holds `size` opaque record bytes."""
+    response = fetch_response(version, endpoints=endpoints)
     topic = response.responses[0]
     partition = dataclasses.replace(topic.partitions[0], records=b"r" * size)
     topic = dataclasses.replace(topic, partitions=(partition,))

@@ -44,7 +44,7 @@ from proxy.tracing.core import TracingCore
 from proxy.tracing.producer import ProduceTracer
 from proxy.tracing.propagation import Propagation
 from proxy.tracing.sampling import sampler_from_env
-from proxy.tracing.skim import skim_fetch_response_python
+from proxy.tracing.skim import skim_fetch_frame_python
 from proxy.tracing.traceparent import format_traceparent
 
 from ..tracing.test_interceptors import build_batch, transactional_batch
@@ -312,6 +312,20 @@ class Conversation:
         )
         self.steps.append(Step(connection, request, response, cuts, skims=skims, decoded=endpoints))
 
+    def pipelined_fetches(self, connection: str, version: int, responses: list[list[Part]]) -> None:
+        """Fetches sent one after the other before any answer, the responses then arriving in
+        one read: one step (its `skims` None, as the routes of several responses are checked by
+        the test itself)."""
+        requests, answers = [], []
+        for parts in responses:
+            correlation_id = self._next(connection)
+            client_id = self._clients.get(connection)
+            requests.append(
+                request_frame(_fetch_request(version, parts, 0), correlation_id, client_id)
+            )
+            answers.append(response_frame(_fetch_response(version, parts, False), correlation_id))
+        self.steps.append(Step(connection, b"".join(requests), b"".join(answers)))
+
     def fetches(self) -> list[Step]:
         return [step for step in self.steps if step.skims is not None]
 
@@ -381,7 +395,7 @@ def _run(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(consumer_module, "time", types.SimpleNamespace(time_ns=lambda: NOW_NS))
         if twin == "python":
-            patch.setattr(consumer_module, "skim_fetch_response", skim_fetch_response_python)
+            patch.setattr(consumer_module, "skim_fetch_frame", skim_fetch_frame_python)
         metrics = Metrics()
         pipeline = CollectedSpans(metrics)
         core = TracingCore(
@@ -459,14 +473,19 @@ def _spy(
 ) -> None:
     """Note which FetchTracer hooks each response reaches (with `raises`, `on_fetch_skimmed`
     fails after noting it)."""
-    skim_response = FetchTracer.skim_fetch_response
+    fetch_lane = FetchTracer.fetch_lane
     on_skimmed = FetchTracer.on_fetch_skimmed
     on_response = FetchTracer.on_fetch_response
 
-    def skim(self: FetchTracer, body: memoryview, offset: int, version: int) -> Any:
-        result = skim_response(self, body, offset, version)
-        calls.append("declined" if result is None else "skim")
-        return result
+    def lane(self: FetchTracer, versions: tuple[int, int]) -> Any:
+        skim = fetch_lane(self, versions)
+
+        def noted(frame: bytes | memoryview, version: int) -> Any:
+            result = skim(frame, version)
+            calls.append("declined" if result is None else "skim")
+            return result
+
+        return noted
 
     def on_fetch_skimmed(
         self: FetchTracer, ctx: ConnectionContext, partitions: list[SkimmedFetch]
@@ -483,7 +502,7 @@ def _spy(
         calls.append("response")
         on_response(self, ctx, fetched)
 
-    patch.setattr(FetchTracer, "skim_fetch_response", skim)
+    patch.setattr(FetchTracer, "fetch_lane", lane)
     patch.setattr(FetchTracer, "on_fetch_skimmed", on_fetch_skimmed)
     patch.setattr(FetchTracer, "on_fetch_response", on_fetch_response)
 
@@ -586,6 +605,44 @@ def test_the_redelivered_mark_needs_the_skimmed_offsets() -> None:
     assert off.span_offsets() == [("receive orders", 5, True)]
     assert dropped.span_offsets() == [("receive orders", 5, False)]
     assert dropped.spans != off.spans
+
+
+@compiled
+@pytest.mark.parametrize("twin", TWINS)
+def test_responses_in_one_read_are_handed_on_in_their_order(twin: str) -> None:
+    """A skimmed response and, in the same read, one with a sampled record it had already
+    delivered: the skimmed offsets are recorded first, so the record is marked redelivered, as
+    without the skim; in the other order it is not."""
+    talk = Conversation()
+    talk.connect("consumer", "app-1")
+    talk.pipelined_fetches(
+        "consumer",
+        12,
+        [
+            [Part("orders", 0, _batch(0, 10))],
+            [Part("orders", 0, _batch(4, 2, sampled={5}), clean=False)],
+            [Part("orders", 0, _batch(10, 5))],
+            [Part("orders", 0, _batch(12, 2, sampled={13}), clean=False)],
+        ],
+    )
+    on = _run(talk, skim=True, twin=twin)
+    off = _run(talk, skim=False, twin=twin)
+    assert on == off
+    assert on.span_offsets() == [("receive orders", 5, True), ("receive orders", 13, True)]
+    skims_before_the_send = ("skim", "declined", "skim", "declined")
+    handed_on_in_order = ("skimmed", "response", "skimmed", "response")
+    assert on.routes[1] == (*skims_before_the_send, *handed_on_in_order)
+    talk = Conversation()
+    talk.connect("consumer", "app-1")
+    talk.pipelined_fetches(
+        "consumer",
+        12,
+        [
+            [Part("orders", 0, _batch(4, 2, sampled={5}), clean=False)],
+            [Part("orders", 0, _batch(0, 10))],
+        ],
+    )
+    assert _run(talk, skim=True, twin=twin).span_offsets() == [("receive orders", 5, False)]
 
 
 # -- (b) the consumer group, learned from another connection ----------------------------------
@@ -904,11 +961,12 @@ class _Declining:
     def skims_fetch_responses(self) -> bool:
         return False
 
-    def skim_fetch_response(
-        self, body: memoryview, offset: int, api_version: int
-    ) -> list[tuple[str | bytes, int, int, int]] | None:
-        self.calls.append("skim")
-        return []
+    def fetch_lane(self, versions: tuple[int, int]) -> Any:
+        def skim(frame: bytes | memoryview, version: int) -> list[Any]:
+            self.calls.append("skim")
+            return []
+
+        return skim
 
     def on_fetch_skimmed(self, ctx: ConnectionContext, partitions: list[SkimmedFetch]) -> None:
         self.calls.append("skimmed")

@@ -39,7 +39,7 @@ from proxy.codec.fetch import (
     layout_program,
     locate_fetched_partitions,
 )
-from proxy.codec.framing import SIZE_PREFIX
+from proxy.codec.framing import SIZE_PREFIX, frame
 from proxy.codec.guard import Captures, captured_uuid, walk_python
 from proxy.codec.headers import response_header_size
 from proxy.codec.records import RecordBatchError
@@ -700,3 +700,95 @@ def test_any_damage_gets_the_same_answer(version: int, edits: list[tuple[str, in
         else:
             data[at:at] = value
     check(bytes(data), version)
+
+
+# -- 5: the fetch lane (`skim_fetch_frame`: a whole frame, run by the pairing core) ---------------
+
+
+def lane_programs() -> dict[int, Any]:
+    return {version: layout_program(version) for version in VERSIONS}
+
+
+def lane_answers(programs: Any, frame: Any, version: Any) -> Answer:
+    """The one answer both twins of the lane give (checked here)."""
+    python = skim.skim_fetch_frame_python(programs, frame, version)
+    if compiled is not None:
+        assert compiled.skim_fetch_frame(programs, frame, version) == python
+    return python
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("tagged", [False, True])
+def test_the_lane_answers_for_a_frame_what_the_skim_answers_for_its_body(
+    version: int, tagged: bool
+) -> None:
+    body = fetch_body(version, rich_topics(), tagged=tagged)
+    answer = lane_answers(lane_programs(), frame(body), version)
+    assert answer is not None and len(answer) == 7
+    assert answer == skimmed(body, version)
+    sampled_body = fetch_body(version, with_partition((9, sampled(40), None)))
+    assert lane_answers(lane_programs(), frame(sampled_body), version) is None, "to read"
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v >= 12])
+def test_the_lane_leaves_a_header_with_tagged_fields_to_the_general_path(version: int) -> None:
+    """The exchange reads such a header in full; the lane takes only the usual one."""
+    body = fetch_body(version, rich_topics())
+    assert body[4] == 0, "no tagged header fields"
+    tagged = body[:4] + b"\x01\x00\x01\x07" + body[5:]  # one tagged field, tag 0, one byte
+    assert skimmed(tagged, version) is not None, "the skim itself could read past it"
+    assert lane_answers(lane_programs(), frame(tagged), version) is None
+
+
+@pytest.mark.parametrize(
+    ("programs", "data", "version"),
+    [
+        pytest.param({}, frame(b"\x00\x00\x00\x0b\x00"), 12, id="no-program-for-the-version"),
+        pytest.param(None, frame(b"\x00\x00\x00\x0b\x00"), 12, id="no-programs"),
+        pytest.param("lane_programs", frame(b"\x00\x00\x00\x0b"), 12, id="cut-header"),
+        pytest.param("lane_programs", b"\x00\x00", 4, id="shorter-than-a-prefix"),
+        pytest.param("lane_programs", frame(b"\x00\x00\x00\x0b\x00"), 1 << 40, id="huge-version"),
+        pytest.param("lane_programs", frame(b"\x00\x00\x00\x0b\x00"), "12", id="text-version"),
+    ],
+)
+def test_the_lane_declines_what_it_cannot_use(programs: Any, data: bytes, version: Any) -> None:
+    """Never raises: it runs before the response is sent, where an exception would close the
+    connection over something the general path handles."""
+    if programs == "lane_programs":
+        programs = lane_programs()
+    assert lane_answers(programs, data, version) is None
+
+
+def test_damaged_frames_get_the_same_answer_from_both_lane_twins() -> None:
+    outcomes = {"list": 0, "none": 0}
+    for version in VERSIONS:
+        for damaged in damaged_copies(version, 100, seed=1000 + version):
+            answer = lane_answers(lane_programs(), frame(damaged), version)
+            outcomes["none" if answer is None else "list"] += 1
+            if answer is not None:
+                assert answer == skimmed(damaged, version)
+    assert outcomes["list"] > 50 and outcomes["none"] > 50, outcomes
+
+
+@needs_compiled
+def test_the_consumers_lane_is_the_compiled_twin() -> None:
+    from functools import partial
+
+    from opentelemetry.sdk.resources import Resource
+
+    from proxy.metrics import Metrics
+    from proxy.tracing.consumer import FetchTracer
+    from proxy.tracing.core import TracingCore
+    from proxy.tracing.propagation import Propagation
+    from proxy.tracing.sampling import sampler_from_env
+    from tests.proxy.collected import CollectedSpans
+
+    core = TracingCore(
+        sampler=sampler_from_env("parentbased_traceidratio", "0.01"),
+        propagation=Propagation(["tracecontext"]),
+        pipeline=CollectedSpans(Metrics()),
+        resource=Resource.create({}),
+    )
+    lane = FetchTracer(core, Metrics()).fetch_lane((LOW, HIGH))
+    assert isinstance(lane, partial) and lane.func is compiled.skim_fetch_frame
+    assert sorted(lane.args[0]) == VERSIONS
