@@ -11,7 +11,8 @@ writes.
 The loops have compiled twins (`_speedups.c`): the search, the records holding a sampled header,
 and the walk over a partition's batches that finds them in each.
 `skim_fetch_response` skims every partition of a Fetch response in one call (`_fetch_skim.c`),
-for the usual response with nothing to read.
+for the usual response with nothing to read; `skim_fetch_frame`, the same for a whole frame, is
+the pairing core's fetch lane, run before the response is sent.
 """
 
 from __future__ import annotations
