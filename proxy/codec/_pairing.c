@@ -1343,21 +1343,32 @@ core_take_stats(PairingCore *self, PyObject *Py_UNUSED(ignored))
     return taken;
 }
 
+/* Keep `lane` (None: no lane) in *slot with its versions; -1 with TypeError for a lane that
+ * cannot be called. */
+static int
+keep_lane(PyObject *lane, const char *what, PyObject **slot, int low, int high, int *low_slot,
+          int *high_slot)
+{
+    if (lane != Py_None && !PyCallable_Check(lane)) {
+        PyErr_Format(PyExc_TypeError, "the %s lane must be callable or None", what);
+        return -1;
+    }
+    Py_XSETREF(*slot, lane == Py_None ? NULL : Py_NewRef(lane));
+    *low_slot = low;
+    *high_slot = high;
+    return 0;
+}
+
 static PyObject *
 core_set_produce_lane(PairingCore *self, PyObject *args)
 {
     PyObject *lane;
     int low = 1, high = 0;
-    if (!PyArg_ParseTuple(args, "O(ii)", &lane, &low, &high)) {
+    if (!PyArg_ParseTuple(args, "O(ii)", &lane, &low, &high) ||
+        keep_lane(lane, "produce", &self->lane, low, high, &self->lane_low,
+                  &self->lane_high) < 0) {
         return NULL;
     }
-    if (lane != Py_None && !PyCallable_Check(lane)) {
-        PyErr_SetString(PyExc_TypeError, "the produce lane must be callable or None");
-        return NULL;
-    }
-    Py_XSETREF(self->lane, lane == Py_None ? NULL : Py_NewRef(lane));
-    self->lane_low = low;
-    self->lane_high = high;
     Py_RETURN_NONE;
 }
 
@@ -1367,16 +1378,11 @@ core_set_fetch_lane(PairingCore *self, PyObject *args)
     PyObject *lane;
     int low = 1, high = 0;
     Py_ssize_t max_size = 0;
-    if (!PyArg_ParseTuple(args, "O(ii)n", &lane, &low, &high, &max_size)) {
+    if (!PyArg_ParseTuple(args, "O(ii)n", &lane, &low, &high, &max_size) ||
+        keep_lane(lane, "fetch", &self->fetch_lane, low, high, &self->fetch_lane_low,
+                  &self->fetch_lane_high) < 0) {
         return NULL;
     }
-    if (lane != Py_None && !PyCallable_Check(lane)) {
-        PyErr_SetString(PyExc_TypeError, "the fetch lane must be callable or None");
-        return NULL;
-    }
-    Py_XSETREF(self->fetch_lane, lane == Py_None ? NULL : Py_NewRef(lane));
-    self->fetch_lane_low = low;
-    self->fetch_lane_high = high;
     self->fetch_lane_max_size = max_size;
     Py_RETURN_NONE;
 }
