@@ -501,19 +501,16 @@ class KafkaExchange:
         skims = self._fetch_skims
         if not held:
             outcome = Outcome(pieces)
-            if skims:
-                outcome.after_send.append(partial(self._hand_skimmed, skims.copy()))
-                skims.clear()
-            return outcome
-        outcome = Outcome()
-        for position, piece in enumerate(pieces):
-            if skims and skims[0][0] == position:  # sent by the core's fetch lane
-                outcome.after_send.append(partial(self._hand_skimmed, [skims.pop(0)]))
-            if type(piece) is tuple:
-                outcome.send.append(self._on_response(piece, outcome))
-            else:
-                outcome.send.append(piece)
-        if skims:  # none are left over: this only keeps a mistake from spreading
+        else:
+            outcome = Outcome()
+            for position, piece in enumerate(pieces):
+                if skims and skims[0][0] == position:  # sent by the core's fetch lane
+                    outcome.after_send.append(partial(self._hand_skimmed, [skims.pop(0)]))
+                if type(piece) is tuple:
+                    outcome.send.append(self._on_response(piece, outcome))
+                else:
+                    outcome.send.append(piece)
+        if skims:  # with responses held, none are left: they were handed on in their order
             outcome.after_send.append(partial(self._hand_skimmed, skims.copy()))
             skims.clear()
         return outcome

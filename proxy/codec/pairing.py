@@ -36,7 +36,7 @@ from typing import Any
 
 from . import native
 from .errors import FrameTooLarge, ProtocolError
-from .framing import Forward, FrameScanner, Held
+from .framing import SIZE_PREFIX, Forward, FrameScanner, Held
 from .guard import Program, walk
 from .headers import REQUEST_PEEK_SIZE, RESPONSE_PEEK_SIZE, peek_correlation_id, peek_request
 from .produce import plain_header_size, produce_acks
@@ -180,9 +180,9 @@ class PairingCorePython:
     def set_fetch_lane(self, lane: FetchLane | None, versions: VersionRange, max_size: int) -> None:
         """Run Fetch responses of these versions, up to `max_size` bytes after their size
         prefix, through `lane` (None: no lane) when they would be handed over with a clean walk
-        and no attached state: one the lane takes goes out as
-        it came, and its result is appended to `fetch_skims` instead (with where it is in
-        what the feed gives out, so the owner keeps the responses' order)."""
+        and no attached state: one the lane takes goes out as it came, and its result is
+        appended to `fetch_skims` instead (with where it is in what the feed gives out, so the
+        owner keeps the responses' order)."""
         self._fetch_lane = lane
         self._fetch_lane_versions = versions
         self._fetch_lane_max_size = max_size
@@ -369,7 +369,7 @@ class PairingCorePython:
         if self._fetch_lane is None or key != FETCH:
             return False
         low, high = self._fetch_lane_versions
-        if not low <= version <= high or len(piece.frame) - 4 > self._fetch_lane_max_size:
+        if not low <= version <= high or len(piece.frame) - SIZE_PREFIX > self._fetch_lane_max_size:
             return False
         result = self._fetch_lane(piece.frame, version)
         if result is None:
