@@ -591,13 +591,14 @@ class KafkaExchange:
         read, to the skimming interceptor: topics by name (or their id's text when unknown)."""
         skimming = self._interceptors.fetch_skim
         assert skimming is not None  # only it sets the lane
+        name_on_wire = self._topics.name_on_wire
         for _, skimmed in skims:
-            self._learn_group()
+            if self.context.group_id is None:
+                self._learn_group()
             partitions: list[SkimmedFetch] = []
             for topic, partition, highest, count in skimmed:
                 if type(topic) is bytes:
-                    topic_id = captured_uuid(topic)
-                    topic = self._topics.name(topic_id) or str(topic_id)
+                    topic = name_on_wire(topic) or str(captured_uuid(topic))
                 partitions.append((topic, partition, highest, count))
             try:
                 skimming.on_fetch_skimmed(self.context, partitions)
