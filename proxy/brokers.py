@@ -78,17 +78,15 @@ class TopicNames:
     Produce v13+ name topics by id only)."""
 
     def __init__(self) -> None:
-        self._names: dict[uuid.UUID, str] = {}
-        #: The same names by the ids' 16 bytes, as the fetch skim finds them on the wire: one
-        #: lookup per skimmed partition, without a UUID made and hashed in Python.
+        #: Keyed by the ids' 16 bytes, as the fetch skim finds them on the wire: one lookup per
+        #: skimmed partition, without a UUID made and hashed in Python.
         self._by_wire: dict[bytes, str] = {}
 
     def update(self, names: Mapping[uuid.UUID, str]) -> None:
-        self._names.update(names)
         self._by_wire.update((topic_id.bytes, name) for topic_id, name in names.items())
 
     def name(self, topic_id: uuid.UUID | None) -> str | None:
-        return None if topic_id is None else self._names.get(topic_id)
+        return None if topic_id is None else self._by_wire.get(topic_id.bytes)
 
     def name_on_wire(self, raw: bytes) -> str | None:
         """The name of the topic whose id is these 16 bytes (all zeros, or unknown: None)."""

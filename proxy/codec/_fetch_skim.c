@@ -21,6 +21,7 @@
 #include "_schema_walk.h"
 
 #define TOPIC_IDS_FROM 13 /* topics named by id (KIP-516) */
+#define SIZE_PREFIX 4     /* a frame's length, before its body */
 
 /* The capture ids of fetch.py's layout program. */
 enum {
@@ -198,8 +199,8 @@ skim_fetch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_INCREF(program); /* the dict is the caller's */
     PyObject *result;
-    const unsigned char *body = (const unsigned char *)view.buf + 4;
-    Py_ssize_t size = view.len - 4;
+    const unsigned char *body = (const unsigned char *)view.buf + SIZE_PREFIX;
+    Py_ssize_t size = view.len - SIZE_PREFIX;
     Py_ssize_t offset = flexible ? 5 : 4; /* correlation id, then no tagged fields when flexible */
     if (size < offset || (flexible && body[4] != 0)) {
         result = Py_NewRef(Py_None);

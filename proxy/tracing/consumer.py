@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
+from functools import cache, partial
 
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as messaging
 from opentelemetry.semconv.attributes import server_attributes
@@ -163,6 +163,7 @@ class FetchTracer:
             and core.consumer_span_mode == "parent"
         )
 
+    @cache  # noqa: B019 - one per tracer and versions, shared by its connections
     def fetch_lane(
         self, versions: tuple[int, int]
     ) -> Callable[[bytes | memoryview, int], list[SkimmedPartition] | None]:

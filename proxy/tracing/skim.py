@@ -28,6 +28,7 @@ from ..codec.fetch import (
     CAPTURED_TOPIC,
     TOPIC_IDS_FROM,
 )
+from ..codec.framing import SIZE_PREFIX
 from ..codec.guard import Captures, Program, walk
 from ..codec.records import (
     CODEC_MASK,
@@ -281,7 +282,7 @@ def skim_fetch_frame_python(
         program = programs.get(api_version) if isinstance(programs, Mapping) else None
         if program is None:
             return None
-        body = memoryview(frame)[4:]
+        body = memoryview(frame)[SIZE_PREFIX:]
         offset = 5 if program[0] else 4  # the correlation id, then no tagged fields
         if len(body) < offset or (program[0] and body[4] != 0):
             return None
