@@ -16,6 +16,7 @@ setup(
                 "proxy/codec/_pairing.c",
                 "proxy/codec/_request_roots.c",
                 "proxy/codec/_fetch_skim.c",
+                "proxy/codec/_receive_spans.c",
             ],
             depends=[
                 "proxy/codec/_schema_walk.h",
@@ -23,6 +24,7 @@ setup(
                 "proxy/codec/_roots.h",
                 "proxy/codec/_request_roots.h",
                 "proxy/codec/_fetch_skim.h",
+                "proxy/codec/_receive_spans.h",
                 "proxy/codec/_declining.h",
             ],
             optional=True,

@@ -17,6 +17,9 @@
  *                                                                 a whole Fetch response)
  *   skim_fetch_frame               proxy/tracing/skim.py         (in _fetch_skim.c: the same for
  *                                                                 a frame, the fetch lane)
+ *   receive_spans                  proxy/tracing/receive.py      (in _receive_spans.c: a
+ *                                                                 partition's receive spans in
+ *                                                                 OTLP wire form)
  *   walk_schema                    proxy/codec/guard.py          (in _schema_walk.c: the message
  *                                                                 walk before decoding)
  *   PairingCore                    proxy/codec/pairing.py        (in _pairing.c: framing and
@@ -37,6 +40,7 @@
 #include "_request_roots.h"
 #include "_roots.h"
 #include "_fetch_skim.h"
+#include "_receive_spans.h"
 #include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
@@ -1327,6 +1331,8 @@ static PyMethodDef speedups_methods[] = {
      skim_fetch_response_doc},
     {"skim_fetch_frame", (PyCFunction)(void (*)(void))skim_fetch_frame, METH_FASTCALL,
      skim_fetch_frame_doc},
+    {"receive_spans", (PyCFunction)(void (*)(void))receive_spans, METH_FASTCALL,
+     receive_spans_doc},
     {"skim_batches", skim_batches, METH_VARARGS, skim_batches_doc},
     {"sampled_record_starts", sampled_record_starts, METH_VARARGS, sampled_record_starts_doc},
     {"read_record", read_record, METH_VARARGS, read_record_doc},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache, partial
@@ -33,13 +34,15 @@ from ..codec.records import (
 from ..interceptors import ConnectionContext, FetchedPartition, SkimmedFetch, SkimmedPartition
 from ..metrics import Metrics
 from .core import TracingCore
+from .otlp_encoding import EncodedSpans, SpanTemplate, span_template
+from .receive import receive_spans
 from .skim import (
     sampled_record_starts,
     skim_batches,
     skim_fetch_frame,
     skim_headers,
 )
-from .spans import finished_span, new_span_id, new_trace_id, printable_key
+from .spans import SCOPE, finished_span, new_span_id, new_trace_id, printable_key
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ REDELIVERED_ATTRIBUTE = "ktp.redelivered"
 #: Partitions whose delivered offsets are remembered, process-wide, oldest forgotten first.
 MAX_TRACKED_PARTITIONS = 100_000
 MAX_LINKS = 128
+#: Span templates kept (one per topic partition and connection kind); emptied when full.
+MAX_TEMPLATES = 4096
 
 
 class DeliveredOffsets:
@@ -152,6 +157,9 @@ class FetchTracer:
         self._skimmed = traced(outcome="skimmed")
         self._with_context = traced(outcome="context")
         self._without_context = traced(outcome="no_context")
+        #: Receive spans in wire form (`receive_spans`) where the exporter takes them.
+        self._encodes = core.pipeline.takes_encoded_spans and self.skims_fetch_responses()
+        self._templates: dict[tuple[object, ...], SpanTemplate | None] = {}
 
     def skims_fetch_responses(self) -> bool:
         """With W3C propagation, parent-based sampling and a span per record, only records with
@@ -199,6 +207,12 @@ class FetchTracer:
         owner = ctx.group_id or ctx.client_id or f"connection-{ctx.connection_id}"
         key = (owner, topic, fetched.partition)
         high = self._delivered.high(key)
+        if (
+            self._encodes
+            and not fetched.aborted_transactions
+            and self._receive_encoded(ctx, fetched, topic, key, high, now_ns, now_ms)
+        ):
+            return
         # Built with the first span: most responses at low sampling rates have none.
         common: dict[str, str | int | bool] | None = None
         name = f"receive {topic}"
@@ -270,6 +284,64 @@ class FetchTracer:
                 )
             )
         self._delivered.update(key, highest)
+        self._count(skimmed, with_context, without_context)
+
+    def _receive_encoded(
+        self,
+        ctx: ConnectionContext,
+        fetched: FetchedPartition,
+        topic: str,
+        key: tuple[str, str, int],
+        high: int,
+        now_ns: int,
+        now_ms: int,
+    ) -> bool:
+        """`_trace`'s work for the usual partition, in one call that writes the spans in wire
+        form (`receive_spans`); False when it declines them, for the general way."""
+        template = self._template(ctx, topic, fetched.partition)
+        if template is None:
+            return False
+        received = receive_spans(
+            fetched.records,
+            template,
+            high,
+            now_ns,
+            time.time_ns(),
+            now_ms,
+            random.randbytes,
+            printable_key,
+        )
+        if received is None:
+            return False
+        highest, record_count, with_context, without_context, fields, spans = received
+        if spans:
+            core = self._core
+            core.pipeline.submit_encoded(EncodedSpans(core.resource, SCOPE, fields, spans))
+        self._delivered.update(key, max(high, highest))
+        self._count(record_count - with_context - without_context, with_context, without_context)
+        return True
+
+    def _template(self, ctx: ConnectionContext, topic: str, partition: int) -> SpanTemplate | None:
+        """The wire form the receive spans of this partition share, made once per partition
+        and what the connection tells about its consumer."""
+        broker = ctx.broker
+        identity = (topic, partition, broker.host, broker.port, ctx.group_id, ctx.client_id)
+        template = self._templates.get(identity, self)
+        if template is self:
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            template = self._templates[identity] = span_template(
+                f"receive {topic}",
+                SpanKind.CONSUMER,
+                _receive_attributes(ctx, topic, partition),
+                messaging.MESSAGING_KAFKA_OFFSET,
+                AGE_ATTRIBUTE,
+                messaging.MESSAGING_KAFKA_MESSAGE_KEY,
+                REDELIVERED_ATTRIBUTE,
+            )
+        return template  # type: ignore[return-value]
+
+    def _count(self, skimmed: int, with_context: int, without_context: int) -> None:
         if skimmed:
             self._skimmed.inc(skimmed)
         if with_context:

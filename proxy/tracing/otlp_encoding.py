@@ -20,7 +20,7 @@ import logging
 import struct
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -83,8 +83,69 @@ _key_fields: dict[Any, bytes] = {}
 _unset_seen: list[Status | None] = [None]  # the last unset status seen, kept alive for `is`
 
 
-def encode_export_request(spans: Sequence[ReadableSpan]) -> bytes:
-    """ExportTraceServiceRequest bytes (OTLP protobuf) for these finished SDK spans."""
+class EncodedSpans(NamedTuple):
+    """Spans already in wire form: `count` `ScopeSpans.spans` fields (tag, length, `Span`
+    body) of one resource and scope, as the compiled receive path writes them
+    (`receive.receive_spans`). The encoder adds them to their group as they are."""
+
+    resource: Resource
+    scope: InstrumentationScope | None
+    fields: bytes
+    count: int
+
+
+class SpanTemplate(NamedTuple):
+    """What the spans of one topic partition share, in wire form, around what each span has of
+    its own: `Span` fields (ids, parent span id, times, per-span attributes) are written
+    between these by `receive.receive_spans`."""
+
+    #: Span.name (5) and Span.kind (6).
+    head: bytes
+    #: The shared Span.attributes (9) fields, each with its tag.
+    common: bytes
+    #: KeyValue.key (1) fields of the per-span int, int and str attributes.
+    offset_key: bytes
+    age_key: bytes
+    message_key_key: bytes
+    #: The whole Span.attributes (9) field of the redelivered mark (true).
+    redelivered: bytes
+    #: Span.status (15), unset, and Span.flags (16) for a remote parent.
+    tail: bytes
+
+
+def span_template(
+    name: str,
+    kind: SpanKind,
+    common: Mapping[str, str | int | bool],
+    offset_key: str,
+    age_key: str,
+    message_key_key: str,
+    redelivered_key: str,
+) -> SpanTemplate | None:
+    """The template of spans with a remote parent, an unset status and the attributes `common`
+    then offset (int), age (int), redelivered (true, when marked) and message key (str, when
+    shown), in that order: what `encode_export_request` writes for such a `ReadableSpan`. None
+    when a key cannot be written as the encoder would (not UTF-8 text)."""
+    per_span = (offset_key, age_key, message_key_key)
+    keys = [_key_fields.get(key) or _key_field(key) for key in per_span]
+    redelivered = _entries({redelivered_key: True})
+    if None in keys or not redelivered:
+        return None
+    entries = _entries(common)
+    return SpanTemplate(
+        head=_name_field(name) + _kind_field(kind),
+        common=b"".join(b"\x4a" + entry for entry in entries),
+        offset_key=keys[0] or b"",
+        age_key=keys[1] or b"",
+        message_key_key=keys[2] or b"",
+        redelivered=b"\x4a" + redelivered[0],
+        tail=_UNSET_STATUS + _SPAN_FLAGS_REMOTE,
+    )
+
+
+def encode_export_request(spans: Sequence[ReadableSpan | EncodedSpans]) -> bytes:
+    """ExportTraceServiceRequest bytes (OTLP protobuf) for these finished SDK spans (and spans
+    already encoded)."""
     return b"".join(
         _len_field(b"\x0a", _resource_spans(resource, scopes))
         for resource, scopes in _group(spans).items()
@@ -108,7 +169,7 @@ _Groups = dict[Resource, dict[InstrumentationScope | None, list[bytes]]]
 _Seen = dict[tuple[int, int], tuple[Resource, InstrumentationScope | None, list[bytes]]]
 
 
-def _group(spans: Sequence[ReadableSpan]) -> _Groups:
+def _group(spans: Sequence[ReadableSpan | EncodedSpans]) -> _Groups:
     """Encoded spans by resource, then scope, first-seen order (equal objects share a group).
 
     Resource hashing serialises its attributes to JSON, so objects are first matched by identity
@@ -120,6 +181,11 @@ def _group(spans: Sequence[ReadableSpan]) -> _Groups:
     last_scope: object = _NOTHING
     bucket: list[bytes] = []
     for span in spans:
+        if type(span) is EncodedSpans:
+            bucket = _bucket(groups, seen, span.resource, span.scope or None)
+            last_resource = _NOTHING  # the next span looks its group up again
+            bucket.append(span.fields)
+            continue
         fast = type(span) is _FAST_SPAN
         fields = _fast_fields(span) if fast else _public_fields(span)
         resource, scope = fields[0], fields[1] or None
