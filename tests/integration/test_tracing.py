@@ -6,6 +6,7 @@ read what Jaeger stored through its query API.
 
 from __future__ import annotations
 
+import time
 import uuid
 import warnings
 from collections import Counter
@@ -306,3 +307,66 @@ def test_a_batch_headers_would_push_past_the_size_limit_is_forwarded_untouched(
     assert all(r.headers == () and r.value == b"x" * 100 for r in untraced)
     after = traced_proxy.metric("ktp_header_injections_skipped_total", reason="too_large")
     assert after > before
+
+
+def read_without_committing(bootstrap: str, topic: str, group: str, count: int) -> list[Received]:
+    """What a consumer of `group` that fails before committing has read: the next one in the
+    group reads it again."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    received: list[Received] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(received) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                received += [Received(m.partition, m.offset, m.key, m.value, ()) for m in batch]
+    finally:
+        consumer.close(autocommit=False)
+    return received
+
+
+def test_receive_spans_over_otlp_http_carry_the_record_and_its_redelivery(
+    kafka: KafkaCluster, jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With OTLP/HTTP the consumer side writes its spans in wire form: Jaeger must show what
+    the SDK's spans show (offset, key, group, age), and the second read of a record by the same
+    group marked `ktp.redelivered`."""
+    suffix = uuid.uuid4().hex[:6]
+    topic, group = f"wire-{suffix}", f"g-{suffix}"
+    http = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http_endpoint}
+    orders = sidecar(kafka, tmp_path_factory, f"orders-w-{suffix}", **http)
+    billing = sidecar(kafka, tmp_path_factory, f"billing-w-{suffix}", **http)
+    with orders, billing:
+        records = [Record(f"key-{i}".encode(), f"value {i}".encode()) for i in range(10)]
+        driver("kafka-python").produce(orders.bootstrap_servers, topic, records)
+        first = read_without_committing(billing.bootstrap_servers, topic, group, len(records))
+        again = driver("kafka-python").consume(billing.bootstrap_servers, topic, group, 10)
+    assert [r.offset for r in first] == [r.offset for r in again] == list(range(10))
+    send_name, receive_name = f"send {topic}", f"receive {topic}"
+    for record in again:
+        trace_id = trace_id_of(record)
+
+        def both_reads(trace_id: str = trace_id) -> dict[str, Any] | None:
+            trace = jaeger.trace(trace_id)
+            named = spans_by_name(trace) if trace else {}
+            return trace if len(named.get(receive_name, ())) == 2 and send_name in named else None
+
+        trace = jaeger.wait_for(both_reads, timeout=30, interval=0.2)
+        named = spans_by_name(trace)
+        (send,) = named[send_name]
+        receives = [span_tags(span) for span in named[receive_name]]
+        assert {parent_span_id(span) for span in named[receive_name]} == {send["spanID"]}
+        assert {span_service(trace, span) for span in named[receive_name]} == {billing.name}
+        for tags in receives:
+            assert tags["span.kind"] == "consumer"
+            assert tags["messaging.kafka.offset"] == record.offset
+            assert tags["messaging.kafka.message.key"] == record.key.decode()
+            assert tags["messaging.consumer.group.name"] == group
+            assert tags["messaging.destination.partition.id"] == str(record.partition)
+            assert tags["ktp.record.age_ms"] >= 0
+        assert sorted(tags.get("ktp.redelivered", False) for tags in receives) == [False, True]

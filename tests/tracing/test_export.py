@@ -7,11 +7,13 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from proxy.metrics import Metrics
 from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
+from proxy.tracing.otlp_encoding import EncodedSpans
 from testbed.collector import StubCollector
 
 
@@ -91,6 +93,69 @@ def test_every_full_batch_is_sent_without_waiting_for_the_schedule_delay() -> No
             assert metrics.total("spans_exported") >= 20 * round_, f"round {round_} stalled"
     finally:
         pipeline.shutdown()
+
+
+class TakingExporter(SpanExporter):
+    """Takes encoded spans, as the OTLP/HTTP exporter does; keeps the batches' sizes."""
+
+    takes_encoded_spans = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[object]] = []
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
+        self.batches.append(list(spans))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def encoded(count: int) -> EncodedSpans:
+    return EncodedSpans(Resource.create({}), None, b"\x12\x00" * count, count)
+
+
+def test_encoded_spans_count_as_the_spans_they_hold() -> None:
+    """The queue's bound and the counters are in spans: an `EncodedSpans` of a partition's 300
+    spans is 300 of them, kept whole or dropped whole."""
+    exporter, metrics = TakingExporter(), Metrics()
+    # The batch size is the whole queue, so the worker sleeps until the queue is full.
+    pipeline = SpanPipeline(exporter, metrics, max_queue=1000, batch_size=1000, delay_seconds=60)
+    assert pipeline.takes_encoded_spans
+    for _ in range(3):
+        pipeline.submit_encoded(encoded(300))
+    pipeline.submit_encoded(encoded(300))  # 1200 > 1000: dropped whole
+    pipeline.submit(ReadableSpan("s"))
+    pipeline.submit_encoded(encoded(98))
+    pipeline.submit_encoded(encoded(2))  # 1001 > 1000: dropped whole
+    pipeline.submit(ReadableSpan("s"))  # 1000: full, the worker wakes
+    pipeline.shutdown()
+    assert metrics.value("spans_dropped", reason="queue_full") == 302
+    assert metrics.value("spans_exported") == 1000
+    assert [len(batch) for batch in exporter.batches] == [6]
+
+
+def test_a_batch_is_whole_items_up_to_the_batch_size_in_spans() -> None:
+    pipeline = SpanPipeline(TakingExporter(), Metrics(), batch_size=400, delay_seconds=60)
+    items = [encoded(300), ReadableSpan("s"), encoded(99), encoded(500), encoded(2)]
+    pipeline._queue.extend(items)  # as `submit` leaves them, without waking the worker
+    taken = []
+    while (batch := pipeline._take_batch())[0]:
+        taken.append(batch)
+    pipeline.shutdown()
+    # One item alone may exceed the batch size; items are never split.
+    assert [spans for _, spans in taken] == [400, 500, 2]
+    assert [items for items, _ in taken] == [items[:3], items[3:4], items[4:]]
+
+
+def test_only_an_exporter_that_takes_encoded_spans_is_offered_them() -> None:
+    assert not SpanPipeline(FailingExporter(), Metrics(), delay_seconds=60).takes_encoded_spans
+    assert not SpanPipeline(None, Metrics()).takes_encoded_spans
+    http = make_exporter({})
+    assert getattr(http, "takes_encoded_spans", False)
+    assert not getattr(
+        make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}), "takes_encoded_spans", False
+    )
 
 
 @pytest.mark.parametrize(

@@ -326,3 +326,29 @@ def test_the_twins_agree_on_contexts_and_keys(
     )
     assert compiled is not None
     assert call(compiled.receive_spans, records) == call(receive_spans_python, records)
+
+
+EDGE_KEYS = [
+    b"",
+    b"order 17",
+    b"~" * 64,
+    b"~" * 65,
+    b"tab\there",
+    b"del\x7f",
+    b"nul\x00",
+    "größe".encode(),
+    "zero\u200bwidth".encode(),
+    b"\xff\xfe",
+]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+@pytest.mark.parametrize("key", EDGE_KEYS)
+def test_a_key_is_shown_as_printable_key_decides(twin: Callable[..., Any], key: bytes) -> None:
+    received = call(twin, batch([(key, b"v", [header(5, True)])]))
+    fields = received[4]
+    shown = printable_key(key)
+    key_attribute = b"messaging.kafka.message.key"
+    assert (key_attribute in fields) == (shown is not None)
+    if shown is not None:
+        assert shown.encode() in fields
