@@ -159,7 +159,7 @@ class FetchTracer:
         self._without_context = traced(outcome="no_context")
         #: Receive spans in wire form (`receive_spans`) where the exporter takes them.
         self._encodes = core.pipeline.takes_encoded_spans and self.skims_fetch_responses()
-        self._templates: dict[tuple[object, ...], SpanTemplate | None] = {}
+        self._templates: dict[tuple[object, ...], SpanTemplate] = {}
 
     def skims_fetch_responses(self) -> bool:
         """With W3C propagation, parent-based sampling and a span per record, only records with
@@ -298,12 +298,9 @@ class FetchTracer:
     ) -> bool:
         """`_trace`'s work for the usual partition, in one call that writes the spans in wire
         form (`receive_spans`); False when it declines them, for the general way."""
-        template = self._template(ctx, topic, fetched.partition)
-        if template is None:
-            return False
         received = receive_spans(
             fetched.records,
-            template,
+            self._template(ctx, topic, fetched.partition),
             high,
             now_ns,
             time.time_ns(),
@@ -339,7 +336,7 @@ class FetchTracer:
                 messaging.MESSAGING_KAFKA_MESSAGE_KEY,
                 REDELIVERED_ATTRIBUTE,
             )
-        return template  # type: ignore[return-value]
+        return template
 
     def _count(self, skimmed: int, with_context: int, without_context: int) -> None:
         if skimmed:

@@ -95,9 +95,9 @@ class EncodedSpans(NamedTuple):
 
 
 class SpanTemplate(NamedTuple):
-    """What the spans of one topic partition share, in wire form, around what each span has of
-    its own: `Span` fields (ids, parent span id, times, per-span attributes) are written
-    between these by `receive.receive_spans`."""
+    """What the receive spans of one topic partition share, in wire form, around what each
+    span has of its own: `Span` fields (ids, parent span id, times, per-span attributes) are
+    written between these by `receive.receive_spans`."""
 
     #: Span.name (5) and Span.kind (6).
     head: bytes
@@ -121,26 +121,84 @@ def span_template(
     age_key: str,
     message_key_key: str,
     redelivered_key: str,
-) -> SpanTemplate | None:
+) -> SpanTemplate:
     """The template of spans with a remote parent, an unset status and the attributes `common`
     then offset (int), age (int), redelivered (true, when marked) and message key (str, when
-    shown), in that order: what `encode_export_request` writes for such a `ReadableSpan`. None
-    when a key cannot be written as the encoder would (not UTF-8 text)."""
-    per_span = (offset_key, age_key, message_key_key)
-    keys = [_key_fields.get(key) or _key_field(key) for key in per_span]
-    redelivered = _entries({redelivered_key: True})
-    if None in keys or not redelivered:
-        return None
-    entries = _entries(common)
+    shown), in that order: what `encode_export_request` writes for such a `ReadableSpan`."""
     return SpanTemplate(
-        head=_name_field(name) + _kind_field(kind),
-        common=b"".join(b"\x4a" + entry for entry in entries),
-        offset_key=keys[0] or b"",
-        age_key=keys[1] or b"",
-        message_key_key=keys[2] or b"",
-        redelivered=b"\x4a" + redelivered[0],
-        tail=_UNSET_STATUS + _SPAN_FLAGS_REMOTE,
+        head=span_head(name, kind),
+        common=attribute_fields(common),
+        offset_key=key_field(offset_key),
+        age_key=key_field(age_key),
+        message_key_key=key_field(message_key_key),
+        redelivered=attribute_fields({redelivered_key: True}),
+        tail=span_tail(None, remote_parent=True),
     )
+
+
+# -- spans in wire form, piece by piece (for spans written without SDK objects) -----------------
+
+
+def span_head(name: str, kind: SpanKind) -> bytes:
+    """Span.name (5) and Span.kind (6)."""
+    return _name_field(name) + (_KIND_FIELDS.get(id(kind)) or _kind_field(kind))
+
+
+def attribute_fields(attributes: Mapping[str, str | int | bool]) -> bytes:
+    """Span.attributes (9) fields, each with its tag (entries the encoder skips are skipped)."""
+    return b"".join(b"\x4a" + entry for entry in _entries(attributes))
+
+
+def key_field(key: str) -> bytes:
+    """KeyValue.key (1) of an attribute key (text: the proxy's own keys)."""
+    field = _key_fields.get(key)
+    if field is None:
+        field = _key_field(key)
+        if field is None:
+            raise ValueError(f"attribute key {key!r} is not text")
+    return field
+
+
+def span_tail(error: str | None, *, remote_parent: bool) -> bytes:
+    """Span.status (15), unset or an error with this description, and Span.flags (16)."""
+    status = _status(Status(StatusCode.ERROR, error)) if error else _UNSET_STATUS
+    return status + (_SPAN_FLAGS_REMOTE if remote_parent else _SPAN_FLAGS_LOCAL)
+
+
+def span_ids(trace_id: int, span_id: int) -> bytes:
+    """Span.trace_id (1) and Span.span_id (2)."""
+    return _IDS.pack(0x0A10, trace_id >> 64, trace_id & _M64, 0x1208, span_id)
+
+
+def parent_span_id(span_id: int) -> bytes:
+    """Span.parent_span_id (4)."""
+    return _SPAN_ID_TAGGED.pack(0x2208, span_id)
+
+
+def span_times(start_ns: int, end_ns: int) -> bytes:
+    """Span.start_time_unix_nano (7) and end_time_unix_nano (8), both above zero."""
+    return _TIMES.pack(0x39, start_ns, 0x41, end_ns)
+
+
+def int_attribute(key: bytes, value: int) -> bytes:
+    """A Span.attributes (9) field: KeyValue(`key`, a `key_field`; AnyValue.int_value (3)), the
+    value within int64."""
+    any_value = b"\x18" + _varint(value & _M64)
+    body = key + b"\x12" + _varint(len(any_value)) + any_value
+    return b"\x4a" + _varint(len(body)) + body
+
+
+def str_attribute(key: bytes, value: bytes) -> bytes:
+    """A Span.attributes (9) field: KeyValue(`key`, a `key_field`; AnyValue.string_value (1)),
+    the value UTF-8."""
+    any_value = b"\x0a" + _varint(len(value)) + value
+    body = key + b"\x12" + _varint(len(any_value)) + any_value
+    return b"\x4a" + _varint(len(body)) + body
+
+
+def span_field(body: bytes) -> bytes:
+    """ScopeSpans.spans (2) of a Span body: what `EncodedSpans.fields` joins."""
+    return b"\x12" + _varint(len(body)) + body
 
 
 def encode_export_request(spans: Sequence[ReadableSpan | EncodedSpans]) -> bytes:

@@ -34,11 +34,28 @@ from ..interceptors import (
 )
 from ..metrics import Metrics
 from .core import TracingCore
+from .otlp_encoding import (
+    EncodedSpans,
+    attribute_fields,
+    int_attribute,
+    key_field,
+    parent_span_id,
+    span_field,
+    span_head,
+    span_ids,
+    span_tail,
+    span_times,
+    str_attribute,
+)
 from .roots import Injected, inject_request_roots, inject_roots
-from .spans import finished_span, new_span_id, new_trace_id, printable_key
+from .spans import SCOPE, finished_span, new_span_id, new_trace_id, printable_key
 from .traceparent import new_root_traceparents
 
 log = logging.getLogger(__name__)
+
+#: Send-span templates kept (one per topic partition, client and outcome); emptied when full.
+MAX_TEMPLATES = 4096
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(slots=True)
@@ -48,6 +65,19 @@ class PendingSend:
     parent: SpanContext | None
     offset_delta: int
     key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendTemplate:
+    """What the send spans of one topic partition share, in OTLP wire form (see
+    `otlp_encoding.span_template`): name and kind, the common attributes, and the status and
+    flags of a span whose parent is local (or that has none) and of one whose parent is
+    remote."""
+
+    head: bytes
+    common: bytes
+    local_tail: bytes
+    remote_tail: bytes
 
 
 @dataclass(slots=True)
@@ -73,6 +103,11 @@ class ProduceTracer:
         self._unsampled = traced(outcome="unsampled")
         self._invalid_context = traced(outcome="invalid_context")
         self._sampled = traced(outcome="sampled")
+        #: Send spans in wire form where the exporter takes them (`_encoded_sends`).
+        self._encodes = core.pipeline.takes_encoded_spans
+        self._templates: dict[tuple[object, ...], SendTemplate] = {}
+        self._key_field = key_field(messaging.MESSAGING_KAFKA_MESSAGE_KEY)
+        self._offset_field = key_field(messaging.MESSAGING_KAFKA_OFFSET)
 
     def request_lane(
         self, max_batch_bytes: int, versions: tuple[int, int]
@@ -213,22 +248,17 @@ class ProduceTracer:
             return
         end_ns = time.time_ns()
         core = self._core
-        common: dict[str, str | int | bool] = {
-            messaging.MESSAGING_SYSTEM: "kafka",
-            messaging.MESSAGING_OPERATION_TYPE: "send",
-            messaging.MESSAGING_OPERATION_NAME: "send",
-            messaging.MESSAGING_DESTINATION_NAME: state.topic,
-            messaging.MESSAGING_DESTINATION_PARTITION_ID: str(state.partition),
-            server_attributes.SERVER_ADDRESS: ctx.broker.host,
-            server_attributes.SERVER_PORT: ctx.broker.port,
-        }
-        if ctx.client_id:
-            common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
         error = None
         if result is not None and result.error_code:
             error = result.error_name or str(result.error_code)
-            common[error_attributes.ERROR_TYPE] = error
         base_offset = result.base_offset if result is not None and not error else -1
+        if self._encodes:
+            fields = self._encoded_sends(ctx, state, error, base_offset, end_ns)
+            if fields is not None:
+                spans = EncodedSpans(core.resource, SCOPE, fields, len(state.sends))
+                core.pipeline.submit_encoded(spans)
+                return
+        common = _send_attributes(ctx, state, error)
         name = f"send {state.topic}"
         for send in state.sends:
             attributes = dict(common)
@@ -250,6 +280,84 @@ class ProduceTracer:
                     error=error,
                 )
             )
+
+    def _encoded_sends(
+        self,
+        ctx: ConnectionContext,
+        state: PendingPartition,
+        error: str | None,
+        base_offset: int,
+        end_ns: int,
+    ) -> bytes | None:
+        """The send spans of `state` as `ScopeSpans.spans` fields: byte for byte what the export
+        encoder writes for the spans the loop above makes. None (the loop's way) for an offset
+        beyond int64, which the encoder would leave out and log."""
+        if not 0 < state.start_ns <= _INT64_MAX or end_ns > _INT64_MAX:
+            return None
+        template = self._template(ctx, state, error)
+        times = span_times(state.start_ns, max(end_ns, state.start_ns))
+        head = template.head + times + template.common
+        key_field_, offset_field = self._key_field, self._offset_field
+        fields = []
+        for send in state.sends:
+            parent = send.parent
+            if parent is None:
+                parts = [span_ids(send.trace_id, send.span_id), head]
+                tail = template.local_tail
+            else:
+                parts = [
+                    span_ids(send.trace_id, send.span_id),
+                    parent_span_id(parent.span_id),
+                    head,
+                ]
+                tail = template.remote_tail if parent.is_remote else template.local_tail
+            if send.key is not None:
+                parts.append(str_attribute(key_field_, send.key.encode()))
+            if base_offset >= 0:
+                offset = base_offset + send.offset_delta
+                if offset > _INT64_MAX:
+                    return None
+                parts.append(int_attribute(offset_field, offset))
+            parts.append(tail)
+            fields.append(span_field(b"".join(parts)))
+        return b"".join(fields)
+
+    def _template(
+        self, ctx: ConnectionContext, state: PendingPartition, error: str | None
+    ) -> SendTemplate:
+        broker = ctx.broker
+        identity = (state.topic, state.partition, broker.host, broker.port, ctx.client_id, error)
+        template = self._templates.get(identity)
+        if template is None:
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            template = self._templates[identity] = SendTemplate(
+                head=span_head(f"send {state.topic}", SpanKind.PRODUCER),
+                common=attribute_fields(_send_attributes(ctx, state, error)),
+                local_tail=span_tail(error, remote_parent=False),
+                remote_tail=span_tail(error, remote_parent=True),
+            )
+        return template
+
+
+def _send_attributes(
+    ctx: ConnectionContext, state: PendingPartition, error: str | None
+) -> dict[str, str | int | bool]:
+    """The attributes every `send` span of one partition's answer shares."""
+    common: dict[str, str | int | bool] = {
+        messaging.MESSAGING_SYSTEM: "kafka",
+        messaging.MESSAGING_OPERATION_TYPE: "send",
+        messaging.MESSAGING_OPERATION_NAME: "send",
+        messaging.MESSAGING_DESTINATION_NAME: state.topic,
+        messaging.MESSAGING_DESTINATION_PARTITION_ID: str(state.partition),
+        server_attributes.SERVER_ADDRESS: ctx.broker.host,
+        server_attributes.SERVER_PORT: ctx.broker.port,
+    }
+    if ctx.client_id:
+        common[messaging.MESSAGING_CLIENT_ID] = ctx.client_id
+    if error:
+        common[error_attributes.ERROR_TYPE] = error
+    return common
 
 
 class _RequestInjection:

@@ -32,7 +32,15 @@ from ..codec.records import (
     TIMESTAMP_TYPE_FLAG,
     Buffer,
 )
-from .otlp_encoding import SpanTemplate
+from .otlp_encoding import (
+    SpanTemplate,
+    int_attribute,
+    parent_span_id,
+    span_field,
+    span_ids,
+    span_times,
+    str_attribute,
+)
 from .traceparent import VALUE_LENGTH, WIRE_PREFIX, parse_traceparent
 
 #: (highest offset of the data batches or -1, records in them, records read with a valid
@@ -40,9 +48,6 @@ from .traceparent import VALUE_LENGTH, WIRE_PREFIX, parse_traceparent
 Received = tuple[int, int, int, int, bytes, int]
 
 _BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
-_IDS = struct.Struct(">HQQHQ")  # Span.trace_id (1) and span_id (2): tags, lengths, ids
-_PARENT = struct.Struct(">HQ")  # Span.parent_span_id (4)
-_TIMES = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7), end_time_unix_nano (8)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _M64 = (1 << 64) - 1
 #: The header key as records hold it, and what marks a sampled one (skim.py's test).
@@ -221,26 +226,25 @@ def _write_spans(
     drawn = draw(8 * len(sampled))
     if type(drawn) is not bytes or len(drawn) != 8 * len(sampled):
         raise TypeError("draw must return as many bytes as asked")
-    head = template.head + _TIMES.pack(0x39, start_ns, 0x41, max(end_ns, start_ns))
+    head = template.head + span_times(start_ns, max(end_ns, start_ns))
     fields = []
     for index, (trace_id, parent_id, offset, age, key) in enumerate(sampled):
         span_id = int.from_bytes(drawn[8 * index : 8 * index + 8], "big") or 1
         parts = [
-            _IDS.pack(0x0A10, trace_id >> 64, trace_id & _M64, 0x1208, span_id),
-            _PARENT.pack(0x2208, parent_id),
+            span_ids(trace_id, span_id),
+            parent_span_id(parent_id),
             head,
             template.common,
-            _int_attribute(template.offset_key, offset),
-            _int_attribute(template.age_key, age),
+            int_attribute(template.offset_key, offset),
+            int_attribute(template.age_key, age),
         ]
         if offset <= high:
             parts.append(template.redelivered)
         text = _shown_key(key, key_text)
         if text is not None:
-            parts.append(_str_attribute(template.message_key_key, text))
+            parts.append(str_attribute(template.message_key_key, text))
         parts.append(template.tail)
-        body = b"".join(parts)
-        fields += (b"\x12", _uvarint(len(body)), body)
+        fields.append(span_field(b"".join(parts)))
     return b"".join(fields)
 
 
@@ -252,29 +256,6 @@ def _shown_key(key: bytes | None, key_text: Callable[[bytes], str | None]) -> by
         return key if _PRINTABLE_ASCII.fullmatch(key) else None
     text = key_text(key)
     return None if text is None else text.encode("utf-8")
-
-
-def _int_attribute(key_field: bytes, value: int) -> bytes:
-    """A Span.attributes (9) field: KeyValue(key, AnyValue.int_value (3))."""
-    any_value = b"\x18" + _uvarint(value & _M64)
-    body = key_field + b"\x12" + _uvarint(len(any_value)) + any_value
-    return b"\x4a" + _uvarint(len(body)) + body
-
-
-def _str_attribute(key_field: bytes, value: bytes) -> bytes:
-    """A Span.attributes (9) field: KeyValue(key, AnyValue.string_value (1))."""
-    any_value = b"\x0a" + _uvarint(len(value)) + value
-    body = key_field + b"\x12" + _uvarint(len(any_value)) + any_value
-    return b"\x4a" + _uvarint(len(body)) + body
-
-
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _varint(view: memoryview, pos: int, limit: int, max_bytes: int) -> tuple[int, int]:
