@@ -54,8 +54,10 @@ from .codec.messages import (
 )
 from .codec.pairing import OTHER_API, HeldRequest, HeldResponse, HoldPolicy, pairing_core
 from .codec.produce import (
+    PartitionOutcome,
     iter_response_partitions,
     locate_request_partitions,
+    locate_response_partitions,
     produce_acks,
     splice_located,
 )
@@ -529,7 +531,9 @@ class KafkaExchange:
                 if hook is not None and key == ApiKey.FETCH:
                     outcome.after_send.append(lambda: self._locate_fetched(version, body, hook))
                 elif hook is not None:
-                    outcome.after_send.append(lambda: self._decode_for(key, version, body, hook))
+                    outcome.after_send.append(
+                        lambda: self._locate_produced(version, body, states, hook)
+                    )
                 return frame
             walked = True
         try:
@@ -566,9 +570,12 @@ class KafkaExchange:
     ) -> Callable[[Any], None] | None:
         """What the interceptors do with a Produce or Fetch response's payload (None: nothing).
         The hook gets None for a response that could not be read: Produce interceptors learn
-        that their requests' outcome is unknown, Fetch interceptors are not called."""
+        that their requests' outcome is unknown, Fetch interceptors are not called. (A
+        Produce hook takes the partitions' outcomes too, as `_locate_produced` finds them.)"""
         if key == ApiKey.PRODUCE and states:
-            return lambda payload: self._finish_produce(states, payload)
+            return lambda payload: self._finish_produce(
+                states, None if payload is None else iter_response_partitions(payload)
+            )
         if key == ApiKey.FETCH and self._interceptors.fetch:
             return lambda payload: (
                 None if payload is None else self._deliver_fetch(iter_fetched_partitions(payload))
@@ -585,6 +592,21 @@ class KafkaExchange:
             self._decode_for(ApiKey.FETCH, version, body, hook)
         else:
             self._deliver_fetch(partitions)
+
+    def _locate_produced(
+        self,
+        version: int,
+        body: memoryview,
+        states: list[ProduceState],
+        hook: Callable[[Any], None],
+    ) -> None:
+        """Hand an already forwarded Produce response's outcomes to the interceptors, found by
+        the guard's walk; a response the walk cannot read is decoded (for `hook`)."""
+        outcomes = locate_response_partitions(body, version)
+        if outcomes is None:
+            self._decode_for(ApiKey.PRODUCE, version, body, hook)
+        else:
+            self._finish_produce(states, outcomes)
 
     def _hand_skimmed(self, skims: list[tuple[int, list[SkimmedPartition]]]) -> None:
         """The figures of Fetch responses the core's fetch lane sent on, nothing in them to
@@ -640,10 +662,13 @@ class KafkaExchange:
 
     # -- interceptor delivery (after the bytes went out) -----------------------------------
 
-    def _finish_produce(self, states: list[ProduceState], payload: Any) -> None:
+    def _finish_produce(
+        self, states: list[ProduceState], outcomes: Iterable[PartitionOutcome] | None
+    ) -> None:
+        """The interceptors' states with their partitions' outcomes (None: unknown)."""
         results: dict[tuple[Any, int], ProduceResult] = {}
-        if payload is not None:
-            for outcome in iter_response_partitions(payload):
+        if outcomes is not None:
+            for outcome in outcomes:
                 topic = outcome.topic or self._topics.name(outcome.topic_id)
                 results[(outcome.topic_id or outcome.topic, outcome.partition)] = ProduceResult(
                     topic=topic,

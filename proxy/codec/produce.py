@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
 
-from .apis import ApiKey, request_schema
+from .apis import ApiKey, request_schema, response_schema
 from .errors import ProtocolError
 from .guard import Captures, Program, captured_text, captured_uuid, program, walk
+from .headers import response_header_size
 from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
@@ -231,3 +232,77 @@ def iter_response_partitions(payload: Any) -> Iterator[PartitionOutcome]:
                 partition.base_offset,
                 getattr(partition, "error_message", None),
             )
+
+
+#: The capture ids of the response layout program.
+_OUTCOME_TOPIC, _OUTCOME_PARTITION, _OUTCOME_ERROR, _OUTCOME_BASE_OFFSET, _OUTCOME_MESSAGE = range(
+    5
+)
+_OUTCOME_CAPTURED = {
+    "responses.name": _OUTCOME_TOPIC,
+    "responses.topic_id": _OUTCOME_TOPIC,
+    "responses.partition_responses.index": _OUTCOME_PARTITION,
+    "responses.partition_responses.error_code": _OUTCOME_ERROR,
+    "responses.partition_responses.base_offset": _OUTCOME_BASE_OFFSET,
+    "responses.partition_responses.error_message": _OUTCOME_MESSAGE,
+}
+
+
+@cache
+def _outcome_program(api_version: int) -> Program:
+    return program(response_schema(ApiKey.PRODUCE, api_version), _OUTCOME_CAPTURED)
+
+
+def locate_response_partitions(
+    body: bytes | memoryview, api_version: int
+) -> list[PartitionOutcome] | None:
+    """Every partition's outcome in a Produce response, as `iter_response_partitions` gives
+    them from kio's decode, read by the guard's walk instead (a sampled request's answer is
+    read after it was sent: the decode was most of that). Error codes kio does not know are
+    given as they are. None when the walk cannot finish, leaves bytes over or finds text that
+    is not UTF-8: kio's decode then says what is wrong."""
+    view = memoryview(body)
+    captures: Captures = []
+    try:
+        header_size = response_header_size(view, ApiKey.PRODUCE, api_version)
+        walked = walk(_outcome_program(api_version), view, header_size, captures)
+    except ProtocolError:
+        return None
+    if walked is None or walked[0] != len(view):
+        return None
+    outcomes: list[PartitionOutcome] = []
+    topic: str | None = None
+    topic_id: uuid.UUID | None = None
+    fields: list[Any] = []
+    try:
+        for kind, start, value, end in captures:
+            if kind == _OUTCOME_PARTITION:
+                if fields:
+                    outcomes.append(_outcome(topic, topic_id, fields))
+                fields = [int.from_bytes(view[start:end], "big", signed=True), 0, -1, None]
+            elif kind == _OUTCOME_ERROR:
+                fields[1] = int.from_bytes(view[start:end], "big", signed=True)
+            elif kind == _OUTCOME_BASE_OFFSET:
+                fields[2] = int.from_bytes(view[start:end], "big", signed=True)
+            elif kind == _OUTCOME_MESSAGE:
+                fields[3] = None if value < 0 else captured_text(view, value, end)
+            else:
+                if fields:
+                    outcomes.append(_outcome(topic, topic_id, fields))
+                    fields = []
+                if api_version >= TOPIC_IDS_FROM:
+                    topic, topic_id = None, captured_uuid(bytes(view[start:end]))
+                elif value < 0:
+                    return None  # a null topic name: kio's decode reports it
+                else:
+                    topic, topic_id = captured_text(view, value, end), None
+    except UnicodeDecodeError:
+        return None
+    if fields:
+        outcomes.append(_outcome(topic, topic_id, fields))
+    return outcomes
+
+
+def _outcome(topic: str | None, topic_id: uuid.UUID | None, fields: list[Any]) -> PartitionOutcome:
+    partition, error_code, base_offset, error_message = fields
+    return PartitionOutcome(topic, topic_id, partition, error_code, base_offset, error_message)
