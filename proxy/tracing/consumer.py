@@ -4,6 +4,8 @@ Runs after the Fetch response was handed to the client, so it adds no latency; i
 (consumers verify CRCs, the bytes are never changed). Control batches, records of aborted
 transactions (for read_committed fetches), partial trailing batches and legacy message formats are
 skipped. A record at an offset the same group (or client) already received is marked redelivered.
+With the OTLP/HTTP exporter, a partition's spans are written in OTLP wire form by one compiled
+call (`receive.receive_spans`); what it declines goes the general way below, through SDK spans.
 """
 
 from __future__ import annotations
@@ -318,13 +320,13 @@ class FetchTracer:
         self._count(record_count - with_context - without_context, with_context, without_context)
         return True
 
-    def _template(self, ctx: ConnectionContext, topic: str, partition: int) -> SpanTemplate | None:
+    def _template(self, ctx: ConnectionContext, topic: str, partition: int) -> SpanTemplate:
         """The wire form the receive spans of this partition share, made once per partition
         and what the connection tells about its consumer."""
         broker = ctx.broker
         identity = (topic, partition, broker.host, broker.port, ctx.group_id, ctx.client_id)
-        template = self._templates.get(identity, self)
-        if template is self:
+        template = self._templates.get(identity)
+        if template is None:
             if len(self._templates) >= MAX_TEMPLATES:
                 self._templates.clear()
             template = self._templates[identity] = span_template(

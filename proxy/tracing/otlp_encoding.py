@@ -12,6 +12,12 @@ order, span flags, an empty `Status` for unset statuses, no link trace_state, at
 fail to encode are logged and skipped) and serialises fields in field-number order with proto3
 defaults omitted, as upb does, so the bytes are normally identical to
 `encode_spans(spans).SerializePartialToString()`.
+
+The proxy's own spans mostly skip the SDK's objects altogether: with this encoder's exporter,
+the consumer and the producer write them in wire form from the pieces below (`span_head`,
+`attribute_fields`, `int_attribute`...) and queue them as `EncodedSpans`, which are joined as
+they are; their tests check the bytes equal what this encoder writes for the same spans made
+as `ReadableSpan`s.
 """
 
 from __future__ import annotations
@@ -85,8 +91,9 @@ _unset_seen: list[Status | None] = [None]  # the last unset status seen, kept al
 
 class EncodedSpans(NamedTuple):
     """Spans already in wire form: `count` `ScopeSpans.spans` fields (tag, length, `Span`
-    body) of one resource and scope, as the compiled receive path writes them
-    (`receive.receive_spans`). The encoder adds them to their group as they are."""
+    body) of one resource and scope, as the consumer writes a fetched partition's receive spans
+    (`receive.receive_spans`) and the producer a partition's send spans. The encoder adds them
+    to their group as they are."""
 
     resource: Resource
     scope: InstrumentationScope | None
