@@ -5,9 +5,10 @@
  * A record is read once, by its length prefixes: for one holding a sampled traceparent header
  * (the skim's test), its first traceparent value is parsed as parse_traceparent does, and a
  * sampled context gets a span, written between the parts of the partition's SpanTemplate. No
- * Python object is made per record. Anything but the usual case (compressed batches, records
- * that do not read exactly, a header key that is not ASCII in such a record, numbers beyond 64
- * bits) is declined with None, for the general path; only the arguments' errors raise.
+ * Python object is made per record; a compressed batch is read from what the caller's decompress
+ * gives. Anything but the usual case (records that do not read exactly, a header key that is not
+ * ASCII in such a record, numbers beyond 64 bits, a body that does not decompress) is declined
+ * with None, for the general path; only the arguments' errors raise.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -197,7 +198,8 @@ typedef struct {
     __int128 highest;
     long long record_count, with_context, without_context;
     int64_t now_ms;
-    PyObject *key_text;
+    PyObject *key_text, *decompress;
+    PyObject *bodies; /* decompressed batch bodies, kept while keys point into them */
 } Reading;
 
 /* Whether the key is shown, as spans.printable_key decides: sets item->key and key_size.
@@ -365,6 +367,37 @@ read_record(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t end, int64_t 
     return 0;
 }
 
+/* A compressed batch's records section, as reading->decompress(codec, section) gives it: 0 with
+ * *body and *size, kept alive in reading->bodies; 1 to decline (it raised an Exception, or gave
+ * what is not bytes); -1 with an error that is no Exception. */
+static int
+decompressed(Reading *reading, int codec, const unsigned char *payload, Py_ssize_t payload_size,
+             const unsigned char **body, Py_ssize_t *size)
+{
+    PyObject *view = PyMemoryView_FromMemory((char *)payload, payload_size, PyBUF_READ);
+    PyObject *result = view ? PyObject_CallFunction(reading->decompress, "iO", codec, view) : NULL;
+    Py_XDECREF(view);
+    if (result == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear();
+            return 1;
+        }
+        return -1;
+    }
+    if (!PyBytes_CheckExact(result)) {
+        Py_DECREF(result);
+        return 1;
+    }
+    int kept = PyList_Append(reading->bodies, result);
+    Py_DECREF(result); /* the list holds it */
+    if (kept < 0) {
+        return -1;
+    }
+    *body = (const unsigned char *)PyBytes_AS_STRING(result);
+    *size = PyBytes_GET_SIZE(result);
+    return 0;
+}
+
 /* Every batch of the records: 0, 1 to decline, -1 with an error. */
 static int
 read_batches(const unsigned char *data, Py_ssize_t total, Reading *reading, SampledList *list)
@@ -402,19 +435,28 @@ read_batches(const unsigned char *data, Py_ssize_t total, Reading *reading, Samp
             reading->highest = (__int128)base_offset + last_delta;
         }
         reading->record_count += count;
-        if ((attributes & CODEC_MASK) || count < 0) {
+        if (count < 0) {
             return 1;
         }
         const int64_t *log_append_time = attributes & TIMESTAMP_TYPE_FLAG ? &max_timestamp : NULL;
-        Py_ssize_t at = pos + RECORDS_OFFSET;
+        const unsigned char *body = data;
+        Py_ssize_t at = pos + RECORDS_OFFSET, stop = end;
+        if (attributes & CODEC_MASK) {
+            int got = decompressed(reading, attributes & CODEC_MASK, data + at, end - at, &body,
+                                   &stop);
+            if (got != 0) {
+                return got;
+            }
+            at = 0;
+        }
         for (int32_t i = 0; i < count; i++) {
-            int read = read_record(data, &at, end, base_offset, base_timestamp, log_append_time,
+            int read = read_record(body, &at, stop, base_offset, base_timestamp, log_append_time,
                                    reading, list);
             if (read != 0) {
                 return read;
             }
         }
-        if (at != end) {
+        if (at != stop) {
             return 1;
         }
         pos = end;
@@ -607,7 +649,8 @@ int64_argument(PyObject *arg, int positive, int64_t *value)
 }
 
 const char receive_spans_doc[] =
-    "receive_spans(records, template, high, start_ns, end_ns, now_ms, draw, key_text)\n"
+    "receive_spans(records, template, high, start_ns, end_ns, now_ms, draw, key_text,\n"
+    "              decompress)\n"
     "    -> (highest, record_count, with_context, without_context, fields, spans) | None\n\n"
     "A partition's receive spans in OTLP wire form; None for anything but the usual records.";
 
@@ -615,8 +658,8 @@ PyObject *
 receive_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "receive_spans takes 8 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "receive_spans takes 9 arguments");
         return NULL;
     }
     PyObject *template = args[1];
@@ -641,9 +684,14 @@ receive_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    Reading reading = {.highest = -1, .now_ms = now_ms, .key_text = args[7]};
+    Reading reading = {
+        .highest = -1, .now_ms = now_ms, .key_text = args[7], .decompress = args[8]};
     SampledList list = {NULL, 0, 0};
     PyObject *result = NULL;
+    reading.bodies = PyList_New(0);
+    if (reading.bodies == NULL) {
+        goto done;
+    }
     int read = read_batches(view.buf, view.len, &reading, &list);
     if (read < 0) {
         goto done;
@@ -662,6 +710,7 @@ done:
         Py_XDECREF(list.items[i].key_text);
     }
     PyMem_Free(list.items);
+    Py_XDECREF(reading.bodies);
     PyBuffer_Release(&view);
     return result;
 }

@@ -21,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.semconv.attributes import server_attributes
 from opentelemetry.trace import Link, SpanKind
 
-from ..codec.compression import CompressionError
+from ..codec.compression import CompressionError, decompress
 from ..codec.fetch import layout_program
 from ..codec.records import (
     CONTROL_FLAG,
@@ -309,6 +309,7 @@ class FetchTracer:
             now_ms,
             random.randbytes,
             printable_key,
+            decompress,
         )
         if received is None:
             return False

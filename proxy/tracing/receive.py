@@ -8,9 +8,10 @@ wire form: no record view, context, attribute dict or SDK span object is made fo
 export encoder joins the bytes as they are (`EncodedSpans`). The compiled twin is in
 `_receive_spans.c`.
 
-Only the usual case is taken: uncompressed batches whose records read exactly, header keys of
-the records with a sampled traceparent in ASCII, numbers within 64 bits. Anything else is
-declined (None) and `FetchTracer` goes the general way, whose spans these equal byte for byte.
+Only the usual case is taken: batches whose records (decompressed by the caller's function) read
+exactly, header keys of the records with a sampled traceparent in ASCII, numbers within 64 bits.
+Anything else is declined (None) and `FetchTracer` goes the general way, whose spans these equal
+byte for byte.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def receive_spans_python(
     now_ms: int,
     draw: Callable[[int], bytes],
     key_text: Callable[[bytes], str | None],
+    decompress: Callable[[int, memoryview], bytes],
 ) -> Received | None:
     """A partition's fetched `records` read for their sampled contexts, and a `receive` span
     in wire form (`template`) for each: its parent the record's context, a new span id from
@@ -79,9 +81,12 @@ def receive_spans_python(
     zero, within int64, as `high` and `now_ms` are; anything else is declined), the record's
     offset, its age at `now_ms`, the redelivered mark when the offset is not above `high`, and
     its key when short printable text (ASCII is judged here, anything else by `key_text`).
+    A compressed batch is read from what `decompress(codec, its records section)` gives.
     None when the records are not the usual case (see the module's docstring)."""
     try:
-        return _receive(records, template, high, start_ns, end_ns, now_ms, draw, key_text)
+        return _receive(
+            records, template, high, start_ns, end_ns, now_ms, draw, key_text, decompress
+        )
     except _Declined:
         return None
 
@@ -95,6 +100,7 @@ def _receive(
     now_ms: int,
     draw: Callable[[int], bytes],
     key_text: Callable[[bytes], str | None],
+    decompress: Callable[[int, memoryview], bytes],
 ) -> Received:
     for number in (high, start_ns, end_ns, now_ms):
         if not isinstance(number, int):
@@ -129,12 +135,15 @@ def _receive(
             continue
         highest = max(highest, base_offset + last_delta)
         record_count += count
-        if attributes & CODEC_MASK or count < 0:
+        if count < 0:
             raise _Declined
         log_append_time = max_timestamp if attributes & TIMESTAMP_TYPE_FLAG else None
-        at = pos + RECORDS_OFFSET
+        body, at, stop = view, pos + RECORDS_OFFSET, end
+        if attributes & CODEC_MASK:
+            body, at = _decompressed(decompress, attributes & CODEC_MASK, view[at:end]), 0
+            stop = len(body)
         for _ in range(count):
-            at, found = _read_record(view, at, end)
+            at, found = _read_record(body, at, stop)
             if found is None:
                 continue
             offset_delta, timestamp_delta, key, traceparent = found
@@ -154,12 +163,26 @@ def _receive(
                 )
                 age = _int64(max(now_ms - timestamp, 0))
                 sampled.append((trace_id, parent_id, offset, age, key))
-        if at != end:
+        if at != stop:
             raise _Declined
         pos = end
     _int64(highest)
     spans = _write_spans(sampled, template, high, start_ns, end_ns, draw, key_text)
     return highest, record_count, with_context, without_context, spans, len(sampled)
+
+
+def _decompressed(
+    decompress: Callable[[int, memoryview], bytes], codec: int, payload: memoryview
+) -> memoryview:
+    """A compressed batch's records section, or declined when `decompress` cannot give it
+    (the general path then says what is wrong)."""
+    try:
+        body = decompress(codec, payload)
+    except Exception:
+        raise _Declined from None
+    if type(body) is not bytes:
+        raise _Declined
+    return memoryview(body)
 
 
 def _read_record(

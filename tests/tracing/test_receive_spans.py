@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from proxy.codec import native
+from proxy.codec.compression import decompress
 from proxy.interceptors import BrokerEndpoint, ConnectionContext, FetchedPartition
 from proxy.metrics import Metrics
 from proxy.tracing import consumer
@@ -37,6 +38,7 @@ from proxy.tracing.traceparent import format_traceparent
 from tests.codec.test_fetch_skim import batch, legacy_message
 
 compiled = native.compiled
+RECORDS_AT = 61  # where a v2 batch's records section begins
 needs_compiled = pytest.mark.skipif(compiled is None, reason="the C extension is not built")
 NOW_NS = 1_700_000_123_456_789_000
 NOW_MS = NOW_NS // 1_000_000
@@ -79,7 +81,8 @@ def header(trace_id: int, sampled: bool, span_id: int = 0x51) -> tuple[str, byte
 
 def usual_records() -> bytes:
     """Batches as a traced producer leaves them: sampled and unsampled contexts, records
-    without one, keys shown and not shown, a control batch, a legacy message, a cut batch."""
+    without one, keys shown and not shown, a control batch, a legacy message, a compressed
+    batch, a cut batch."""
     keys: list[bytes | None] = [None, b"order-17", b"", b"\x01bin", "schlüssel".encode(), b"k" * 65]
     first = batch(
         [(keys[i % len(keys)], b"v" * 40, [header(1000 + i, i % 3 == 0)]) for i in range(12)]
@@ -90,8 +93,11 @@ def usual_records() -> bytes:
     )
     marker = batch([(None, b"", [])], base_offset=115, control=True)
     second = batch([(b"late", b"z", [header(2000 + i, True)]) for i in range(3)], base_offset=116)
-    cut = batch([(None, b"w", [header(3000, True)])], base_offset=119)
-    return first + marker + legacy_message() + second + cut[:-4]
+    packed = batch(
+        [(b"lz", b"p" * 50, [header(4000 + i, i != 1)]) for i in range(3)], base_offset=119, codec=3
+    )
+    cut = batch([(None, b"w", [header(3000, True)])], base_offset=122)
+    return first + marker + legacy_message() + second + packed + cut[:-4]
 
 
 @pytest.fixture
@@ -175,12 +181,12 @@ def test_the_export_request_equals_the_general_paths(
     assert all(type(span) is ReadableSpan for span in general)
     assert {type(item) for item in wire} == {EncodedSpans}
     assert sum(item.count for item in wire) == len(general) == general_exported == wire_exported
-    # Per fetch, 8 sampled contexts: 4 of the 12, the one after baggage, the second batch's 3;
-    # the record whose first traceparent is junk has none.
-    assert len(general) == 3 * 8
+    # Per fetch, 10 sampled contexts: 4 of the 12, the one after baggage, the second batch's 3,
+    # the compressed batch's 2; the record whose first traceparent is junk has none.
+    assert len(general) == 3 * 10
     assert encode_export_request(wire) == encode_export_request(general)
     assert wire_counts == general_counts
-    assert general_counts == {"skimmed": 3 * 9, "context": 3 * 8, "no_context": 3 * 1}
+    assert general_counts == {"skimmed": 3 * 10, "context": 3 * 10, "no_context": 3 * 1}
 
 
 def test_redelivered_keys_and_ages_are_in_the_wire_spans(
@@ -198,7 +204,7 @@ def test_redelivered_keys_and_ages_are_in_the_wire_spans(
 @pytest.mark.parametrize(
     "why, fetch",
     [
-        ("a compressed batch", lambda: fetched(batch([(None, b"v", [header(5, True)])], codec=1))),
+        ("a batch that does not decompress", lambda: fetched(undecompressable())),
         (
             "aborted transactions",
             lambda: fetched(batch([(None, b"v", [header(5, True)])]), aborted=((7, 0),)),
@@ -217,6 +223,33 @@ def test_what_it_declines_still_gets_its_spans_the_general_way(
     assert all(type(span) is ReadableSpan for span in wire), why
     assert encode_export_request(wire) == encode_export_request(general)
     assert wire_counts == general_counts
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_equal_the_general_paths(
+    fixed_clock_and_ids: Callable[[], None], codec: int
+) -> None:
+    records = batch(
+        [(b"k%d" % i, b"v" * 100, [header(500 + i, i % 4 != 1)]) for i in range(16)],
+        base_offset=30,
+        codec=codec,
+    ) + batch([(None, b"w", [header(600, True)])], base_offset=46, codec=codec)
+    general, general_counts, _ = run(
+        False, [fetched(records)] * 2, CONTEXTS[0], fixed_clock_and_ids
+    )
+    wire, wire_counts, _ = run(True, [fetched(records)] * 2, CONTEXTS[0], fixed_clock_and_ids)
+    assert {type(item) for item in wire} == {EncodedSpans}
+    assert len(general) == 2 * 13
+    assert encode_export_request(wire) == encode_export_request(general)
+    assert wire_counts == general_counts
+
+
+def undecompressable() -> bytes:
+    """An lz4 batch whose frame is cut inside: its CRC is not checked here, its body cannot be
+    decompressed."""
+    whole = bytearray(batch([(None, b"v" * 200, [header(5, True)])], codec=3))
+    whole[RECORDS_AT + 20 :] = bytes(len(whole) - RECORDS_AT - 20)
+    return bytes(whole)
 
 
 def test_other_exporters_get_sdk_spans(fixed_clock_and_ids: Callable[[], None]) -> None:
@@ -244,7 +277,15 @@ def template() -> Any:
 def call(twin: Callable[..., Any], records: bytes, high: int = 101) -> Any:
     stream = random.Random(9).randbytes(8 * 4096)
     return twin(
-        records, template(), high, NOW_NS, NOW_NS + 5, NOW_MS, lambda n: stream[:n], printable_key
+        records,
+        template(),
+        high,
+        NOW_NS,
+        NOW_NS + 5,
+        NOW_MS,
+        lambda n: stream[:n],
+        printable_key,
+        decompress,
     )
 
 
@@ -253,14 +294,17 @@ def test_figures_of_the_usual_records(twin: Callable[..., Any]) -> None:
     highest, record_count, with_context, without_context, fields, spans = call(
         twin, usual_records()
     )
-    assert (highest, record_count, with_context, without_context, spans) == (118, 18, 8, 1, 8)
-    assert fields.count(b"receive orders") == 8
+    assert (highest, record_count, with_context, without_context, spans) == (121, 21, 10, 1, 10)
+    assert fields.count(b"receive orders") == 10
 
 
 @pytest.mark.parametrize("twin", TWINS)
 def test_declines(twin: Callable[..., Any]) -> None:
     sampled = [(None, b"v", [header(5, True)])]
-    assert call(twin, batch(sampled, codec=1)) is None
+    assert call(twin, undecompressable()) is None
+    unknown_codec = bytearray(batch(sampled, codec=3))
+    unknown_codec[22] |= 0x07  # codec 7: no such codec
+    assert call(twin, bytes(unknown_codec)) is None
     assert call(twin, batch([(None, b"v", [("clé", b"x"), header(5, True)])])) is None
     assert call(twin, batch(sampled), high=1 << 63) is None
     damaged = bytearray(batch(sampled))
