@@ -25,6 +25,7 @@ setup(
                 "proxy/codec/_request_roots.h",
                 "proxy/codec/_fetch_skim.h",
                 "proxy/codec/_receive_spans.h",
+                "proxy/codec/_record_fields.h",
                 "proxy/codec/_declining.h",
             ],
             optional=True,

@@ -162,7 +162,10 @@ class KafkaPythonDriver(ClientDriver):
         timeout: float = 60.0,
         *,
         isolation: str = "read_uncommitted",
+        commit: bool = True,
     ) -> list[Received]:
+        """With `commit` False, as a consumer of `group` that fails before committing: the
+        next one in the group reads the same records again."""
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(
@@ -183,10 +186,10 @@ class KafkaPythonDriver(ClientDriver):
                         Received(m.partition, m.offset, m.key, m.value, _headers(m.headers))
                         for m in batch
                     ]
-            if received:
+            if received and commit:
                 consumer.commit()
         finally:
-            consumer.close()
+            consumer.close(autocommit=False)
         return received
 
 

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "_receive_spans.h"
+#include "_record_fields.h"
 
 #define LOG_OVERHEAD 12
 #define MAGIC_OFFSET 16
@@ -72,51 +73,11 @@ append_sampled(SampledList *list, const Sampled *item)
     return 0;
 }
 
-static uint64_t
-big_endian(const unsigned char *p, int n)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < n; i++) {
-        value = (value << 8) | p[i];
-    }
-    return value;
-}
-
-/* A zig-zag varint of at most max_bytes bytes ending before limit, its payload within 64 bits:
- * 0, or -1 (no error set) when it is not. */
+/* A zig-zag varint within 64 bits (record_varint): 0, or -1 when it is not one. */
 static int
 varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max_bytes, int64_t *value)
 {
-    Py_ssize_t at = *pos;
-    Py_ssize_t stop = at + max_bytes < limit ? at + max_bytes : limit;
-    uint64_t raw = 0;
-    int shift = 0;
-    while (at < stop) {
-        unsigned char byte = buf[at++];
-        if (shift == 63 && (byte & 0x7F) > 1) {
-            return -1;
-        }
-        raw |= (uint64_t)(byte & 0x7F) << shift;
-        if (byte < 0x80) {
-            *value = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
-            *pos = at;
-            return 0;
-        }
-        shift += 7;
-    }
-    return -1;
-}
-
-static int
-step_over(Py_ssize_t *pos, Py_ssize_t limit, int64_t size, int64_t smallest)
-{
-    if (size < smallest || size > limit - *pos) {
-        return -1;
-    }
-    if (size > 0) {
-        *pos += (Py_ssize_t)size;
-    }
-    return 0;
+    return record_varint(buf, pos, limit, max_bytes, 1, value);
 }
 
 static int
@@ -405,7 +366,7 @@ read_batches(const unsigned char *data, Py_ssize_t total, Reading *reading, Samp
     Py_ssize_t pos = 0;
     while (total - pos >= LOG_OVERHEAD) {
         const unsigned char *batch = data + pos;
-        int32_t batch_length = (int32_t)big_endian(batch + 8, 4);
+        int32_t batch_length = (int32_t)read_be(batch + 8, 4);
         if (batch_length < MIN_LEGACY_MESSAGE_SIZE) {
             return 1;
         }
@@ -421,16 +382,16 @@ read_batches(const unsigned char *data, Py_ssize_t total, Reading *reading, Samp
         if (magic != 2 || end - pos < RECORDS_OFFSET) {
             return 1;
         }
-        int16_t attributes = (int16_t)big_endian(batch + ATTRIBUTES_OFFSET, 2);
+        int16_t attributes = (int16_t)read_be(batch + ATTRIBUTES_OFFSET, 2);
         if (attributes & CONTROL_FLAG) {
             pos = end;
             continue;
         }
-        int64_t base_offset = (int64_t)big_endian(batch, 8);
-        int32_t last_delta = (int32_t)big_endian(batch + LAST_OFFSET_DELTA_OFFSET, 4);
-        int64_t base_timestamp = (int64_t)big_endian(batch + BASE_TIMESTAMP_OFFSET, 8);
-        int64_t max_timestamp = (int64_t)big_endian(batch + MAX_TIMESTAMP_OFFSET, 8);
-        int32_t count = (int32_t)big_endian(batch + RECORD_COUNT_OFFSET, 4);
+        int64_t base_offset = (int64_t)read_be(batch, 8);
+        int32_t last_delta = (int32_t)read_be(batch + LAST_OFFSET_DELTA_OFFSET, 4);
+        int64_t base_timestamp = (int64_t)read_be(batch + BASE_TIMESTAMP_OFFSET, 8);
+        int64_t max_timestamp = (int64_t)read_be(batch + MAX_TIMESTAMP_OFFSET, 8);
+        int32_t count = (int32_t)read_be(batch + RECORD_COUNT_OFFSET, 4);
         if ((__int128)base_offset + last_delta > reading->highest) {
             reading->highest = (__int128)base_offset + last_delta;
         }
@@ -487,7 +448,7 @@ put_uvarint(unsigned char *out, uint64_t value)
 }
 
 static unsigned char *
-put_big_endian(unsigned char *out, uint64_t value)
+put_read_be(unsigned char *out, uint64_t value)
 {
     for (int shift = 56; shift >= 0; shift -= 8) {
         *out++ = (unsigned char)(value >> shift);
@@ -601,19 +562,19 @@ write_spans(const SampledList *list, PyObject *const *parts, int64_t high, int64
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
     for (Py_ssize_t i = 0; i < list->count; i++) {
         const Sampled *item = &list->items[i];
-        uint64_t span_id = big_endian(random + 8 * i, 8);
+        uint64_t span_id = read_be(random + 8 * i, 8);
         *out++ = 0x12;
         out = put_uvarint(out, (uint64_t)span_body_size(item, parts, high));
         *out++ = 0x0A;
         *out++ = 0x10;
-        out = put_big_endian(out, item->trace_high);
-        out = put_big_endian(out, item->trace_low);
+        out = put_read_be(out, item->trace_high);
+        out = put_read_be(out, item->trace_low);
         *out++ = 0x12;
         *out++ = 0x08;
-        out = put_big_endian(out, span_id ? span_id : 1);
+        out = put_read_be(out, span_id ? span_id : 1);
         *out++ = 0x22;
         *out++ = 0x08;
-        out = put_big_endian(out, item->parent);
+        out = put_read_be(out, item->parent);
         out = put_bytes(out, parts[HEAD]);
         *out++ = 0x39;
         out = put_little_endian(out, (uint64_t)start_ns);

@@ -41,6 +41,7 @@
 #include "_roots.h"
 #include "_fetch_skim.h"
 #include "_receive_spans.h"
+#include "_record_fields.h"
 #include "_schema_walk.h"
 
 /* "\x16traceparent\x6e": zig-zag varint 11, the key, zig-zag varint 55 (the value length). */
@@ -451,15 +452,6 @@ splice_one_header_each(PyObject *module, PyObject *args)
 #define CRC_OFFSET 17
 #define MIN_RECORD_SIZE 7
 
-static uint64_t
-read_be(const unsigned char *p, int n)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < n; i++) {
-        value = (value << 8) | p[i];
-    }
-    return value;
-}
 
 /* record_starts_holding (records.py) with the hits found as the records are stepped over:
  * appends to `starts` where, relative to body_start, each record of data[body_start:end) that
@@ -501,41 +493,13 @@ starts_holding_hits(const unsigned char *data, Py_ssize_t body_start, Py_ssize_t
     return 0;
 }
 
-/* One zig-zag varint of at most max_bytes bytes at *pos, ending before limit, read without
- * raising: 0 with the value (exact up to 63 bits of payload, which lengths never need), or -1
- * when it does not end there. For the structural read below, where a failure is no error. */
+/* record_varint (_record_fields.h) as the structural read below takes it: a failure is no error,
+ * and lengths never have bits past 64. */
 static int
 quiet_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int max_bytes,
              int64_t *value)
 {
-    Py_ssize_t at = *pos;
-    Py_ssize_t stop = at + max_bytes < limit ? at + max_bytes : limit;
-    uint64_t raw = 0;
-    int shift = 0;
-    while (at < stop) {
-        unsigned char byte = buf[at++];
-        raw |= (uint64_t)(byte & 0x7F) << shift;
-        if (byte < 0x80) {
-            *value = (int64_t)(raw >> 1) ^ -(int64_t)(raw & 1);
-            *pos = at;
-            return 0;
-        }
-        shift += 7;
-    }
-    return -1;
-}
-
-/* A key or value of `size` bytes (-1: null) at *pos, stepped over; -1 when it does not fit. */
-static int
-step_over(Py_ssize_t *pos, Py_ssize_t limit, int64_t size, int64_t smallest)
-{
-    if (size < smallest || size > limit - *pos) {
-        return -1;
-    }
-    if (size > 0) {
-        *pos += (Py_ssize_t)size;
-    }
-    return 0;
+    return record_varint(buf, pos, limit, max_bytes, 0, value);
 }
 
 /* Whether the header key of `key_size` bytes at `key` and value of `value_size` bytes at `value`

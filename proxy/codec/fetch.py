@@ -9,9 +9,7 @@ from functools import cache
 from typing import Any
 
 from .apis import ApiKey, response_schema
-from .errors import ProtocolError
-from .guard import Captures, Program, captured_text, captured_uuid, program, walk
-from .headers import response_header_size
+from .guard import Program, captured_text, captured_uuid, program, walk_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +82,8 @@ def locate_fetched_partitions(
     gives them, found by the guard's walk along kio's schema instead of a decode: the records
     are views of `body`, not copies. None when the walk cannot finish or leaves bytes over."""
     view = memoryview(body)
-    captures: Captures = []
-    try:
-        header_size = response_header_size(view, ApiKey.FETCH, api_version)
-        walked = walk(layout_program(api_version), view, header_size, captures)
-    except ProtocolError:
-        return None
-    if walked is None or walked[0] != len(view):
+    captures = walk_response(layout_program(api_version), view, ApiKey.FETCH, api_version)
+    if captures is None:
         return None
     found: list[FetchedRecords] = []
     topic: str | None = None

@@ -24,6 +24,7 @@ from kio.serial import _introspect as introspect
 
 from . import native
 from .errors import ProtocolError
+from .headers import response_header_size
 
 _FIXED_SIZES = {
     "int8": 1, "uint8": 1, "bool": 1, "int16": 2, "uint16": 2, "error_code": 2, "int32": 4,
@@ -229,6 +230,22 @@ def walk_python(
 
 #: The walk the proxy runs: the compiled twin when the extension is built.
 walk = native.twin("walk_schema", walk_python, error=ProtocolError)
+
+
+def walk_response(
+    program: Program, body: memoryview, api_key: int, api_version: int
+) -> Captures | None:
+    """The captures of a whole response body (after its header), or None when the header or
+    the walk cannot be read, or the walk leaves bytes over: kio's decode then says why."""
+    captures: Captures = []
+    try:
+        header_size = response_header_size(body, api_key, api_version)
+        walked = walk(program, body, header_size, captures)
+    except ProtocolError:
+        return None
+    if walked is None or walked[0] != len(body):
+        return None
+    return captures
 
 
 @lru_cache(maxsize=1024)

@@ -12,8 +12,15 @@ from typing import Any, NamedTuple
 
 from .apis import ApiKey, request_schema, response_schema
 from .errors import ProtocolError
-from .guard import Captures, Program, captured_text, captured_uuid, program, walk
-from .headers import response_header_size
+from .guard import (
+    Captures,
+    Program,
+    captured_text,
+    captured_uuid,
+    program,
+    walk,
+    walk_response,
+)
 from .varint import read_uvarint, write_uvarint
 
 _INT16 = struct.Struct(">h")
@@ -262,13 +269,8 @@ def locate_response_partitions(
     given as they are. None when the walk cannot finish, leaves bytes over or finds text that
     is not UTF-8: kio's decode then says what is wrong."""
     view = memoryview(body)
-    captures: Captures = []
-    try:
-        header_size = response_header_size(view, ApiKey.PRODUCE, api_version)
-        walked = walk(_outcome_program(api_version), view, header_size, captures)
-    except ProtocolError:
-        return None
-    if walked is None or walked[0] != len(view):
+    captures = walk_response(_outcome_program(api_version), view, ApiKey.PRODUCE, api_version)
+    if captures is None:
         return None
     outcomes: list[PartitionOutcome] = []
     topic: str | None = None

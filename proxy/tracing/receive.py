@@ -16,9 +16,11 @@ byte for byte.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Callable
+from typing import ParamSpec
 
 from ..codec import native
 from ..codec.records import (
@@ -60,10 +62,27 @@ _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
 _KEY_LIMIT = 64
 
 
+_P = ParamSpec("_P")
+
+
 class _Declined(Exception):
     """Not the usual case: the general path reads these records."""
 
 
+def _declining(function: Callable[_P, Received]) -> Callable[_P, Received | None]:
+    """`function`, answering None where it declines (raises `_Declined`)."""
+
+    @functools.wraps(function)
+    def declining(*args: _P.args, **kwargs: _P.kwargs) -> Received | None:
+        try:
+            return function(*args, **kwargs)
+        except _Declined:
+            return None
+
+    return declining
+
+
+@_declining
 def receive_spans_python(
     records: Buffer,
     template: SpanTemplate,
@@ -74,7 +93,7 @@ def receive_spans_python(
     draw: Callable[[int], bytes],
     key_text: Callable[[bytes], str | None],
     decompress: Callable[[int, memoryview], bytes],
-) -> Received | None:
+) -> Received:
     """A partition's fetched `records` read for their sampled contexts, and a `receive` span
     in wire form (`template`) for each: its parent the record's context, a new span id from
     `draw` (8 bytes a span, drawn once; zero becomes 1), `start_ns` to `end_ns` (both above
@@ -83,25 +102,6 @@ def receive_spans_python(
     its key when short printable text (ASCII is judged here, anything else by `key_text`).
     A compressed batch is read from what `decompress(codec, its records section)` gives.
     None when the records are not the usual case (see the module's docstring)."""
-    try:
-        return _receive(
-            records, template, high, start_ns, end_ns, now_ms, draw, key_text, decompress
-        )
-    except _Declined:
-        return None
-
-
-def _receive(
-    records: Buffer,
-    template: SpanTemplate,
-    high: int,
-    start_ns: int,
-    end_ns: int,
-    now_ms: int,
-    draw: Callable[[int], bytes],
-    key_text: Callable[[bytes], str | None],
-    decompress: Callable[[int, memoryview], bytes],
-) -> Received:
     for number in (high, start_ns, end_ns, now_ms):
         if not isinstance(number, int):
             raise _Declined

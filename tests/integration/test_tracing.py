@@ -6,7 +6,6 @@ read what Jaeger stored through its query API.
 
 from __future__ import annotations
 
-import time
 import uuid
 import warnings
 from collections import Counter
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from testbed.clients import ConfluentDriver, Received, Record, driver
+from testbed.clients import ConfluentDriver, KafkaPythonDriver, Received, Record, driver
 from testbed.jaeger import Jaeger, parent_span_id, span_service, span_tags
 from testbed.kafka import KafkaCluster
 from testbed.ports import free_port
@@ -309,27 +308,6 @@ def test_a_batch_headers_would_push_past_the_size_limit_is_forwarded_untouched(
     assert after > before
 
 
-def read_without_committing(bootstrap: str, topic: str, group: str, count: int) -> list[Received]:
-    """What a consumer of `group` that fails before committing has read: the next one in the
-    group reads it again."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    received: list[Received] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(received) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                received += [Received(m.partition, m.offset, m.key, m.value, ()) for m in batch]
-    finally:
-        consumer.close(autocommit=False)
-    return received
-
-
 def test_receive_spans_over_otlp_http_carry_the_record_and_its_redelivery(
     kafka: KafkaCluster, jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -344,8 +322,9 @@ def test_receive_spans_over_otlp_http_carry_the_record_and_its_redelivery(
     with orders, billing:
         records = [Record(f"key-{i}".encode(), f"value {i}".encode()) for i in range(10)]
         driver("kafka-python").produce(orders.bootstrap_servers, topic, records)
-        first = read_without_committing(billing.bootstrap_servers, topic, group, len(records))
-        again = driver("kafka-python").consume(billing.bootstrap_servers, topic, group, 10)
+        reader = KafkaPythonDriver()
+        first = reader.consume(billing.bootstrap_servers, topic, group, 10, commit=False)
+        again = reader.consume(billing.bootstrap_servers, topic, group, 10)
     assert [r.offset for r in first] == [r.offset for r in again] == list(range(10))
     send_name, receive_name = f"send {topic}", f"receive {topic}"
     for record in again:

@@ -15,6 +15,7 @@ from proxy.metrics import Metrics
 from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
 from proxy.tracing.otlp_encoding import EncodedSpans
 from testbed.collector import StubCollector
+from tests.tracing.test_receive_spans import KeepingExporter
 
 
 class StuckExporter(SpanExporter):
@@ -95,22 +96,6 @@ def test_every_full_batch_is_sent_without_waiting_for_the_schedule_delay() -> No
         pipeline.shutdown()
 
 
-class TakingExporter(SpanExporter):
-    """Takes encoded spans, as the OTLP/HTTP exporter does; keeps the batches' sizes."""
-
-    takes_encoded_spans = True
-
-    def __init__(self) -> None:
-        self.batches: list[list[object]] = []
-
-    def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]
-        self.batches.append(list(spans))
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
 def encoded(count: int) -> EncodedSpans:
     return EncodedSpans(Resource.create({}), None, b"\x12\x00" * count, count)
 
@@ -118,7 +103,7 @@ def encoded(count: int) -> EncodedSpans:
 def test_encoded_spans_count_as_the_spans_they_hold() -> None:
     """The queue's bound and the counters are in spans: an `EncodedSpans` of a partition's 300
     spans is 300 of them, kept whole or dropped whole."""
-    exporter, metrics = TakingExporter(), Metrics()
+    exporter, metrics = KeepingExporter(takes_encoded=True), Metrics()
     # The batch size is the whole queue, so the worker sleeps until the queue is full.
     pipeline = SpanPipeline(exporter, metrics, max_queue=1000, batch_size=1000, delay_seconds=60)
     assert pipeline.takes_encoded_spans
@@ -136,7 +121,9 @@ def test_encoded_spans_count_as_the_spans_they_hold() -> None:
 
 
 def test_a_batch_is_whole_items_up_to_the_batch_size_in_spans() -> None:
-    pipeline = SpanPipeline(TakingExporter(), Metrics(), batch_size=400, delay_seconds=60)
+    pipeline = SpanPipeline(
+        KeepingExporter(takes_encoded=True), Metrics(), batch_size=400, delay_seconds=60
+    )
     items = [encoded(300), ReadableSpan("s"), encoded(99), encoded(500), encoded(2)]
     pipeline._queue.extend(items)  # as `submit` leaves them, without waking the worker
     taken = []
