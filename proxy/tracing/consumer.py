@@ -4,7 +4,7 @@ Runs after the Fetch response was handed to the client, so it adds no latency; i
 (consumers verify CRCs, the bytes are never changed). Control batches, records of aborted
 transactions (for read_committed fetches), partial trailing batches and legacy message formats are
 skipped. A record at an offset the same group (or client) already received is marked redelivered.
-With the OTLP/HTTP exporter, a partition's spans are written in OTLP wire form by one compiled
+With an OTLP exporter, a partition's spans are written in OTLP wire form by one compiled
 call (`receive.receive_spans`); what it declines goes the general way below, through SDK spans.
 """
 

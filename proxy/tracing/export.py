@@ -4,7 +4,8 @@
 counted. The worker sends batches with the exporter chosen by the standard variables
 (`OTEL_TRACES_EXPORTER`: otlp, zipkin, console, none; `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`:
 http/protobuf or grpc; endpoints, headers and certificates are read by the exporters themselves).
-Queue and batch sizes follow `OTEL_BSP_*`.
+Queue and batch sizes follow `OTEL_BSP_*`. Both OTLP exporters send requests written by the
+proxy's own encoder (`otlp_encoding`), so they also take spans already in wire form.
 """
 
 from __future__ import annotations
@@ -85,9 +86,7 @@ def make_exporter(env: Mapping[str, str]) -> SpanExporter | None:
         return ZipkinExporter()
     protocol = otlp_protocol(env)
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
+        return _fast_grpc_exporter()
     return _fast_http_exporter()
 
 
@@ -115,6 +114,53 @@ def _fast_http_exporter() -> SpanExporter:
             return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
     return FastOtlpHttpExporter()
+
+
+#: The OTLP trace service's one method, called with request bytes the proxy encoded itself.
+_GRPC_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def _fast_grpc_exporter() -> SpanExporter:
+    """The SDK's OTLP/gRPC exporter, sending requests our own encoder wrote.
+
+    As `_fast_http_exporter`: the exporter keeps what users configure (endpoint, headers,
+    certificates, compression, timeout, retries and reconnection); only the request is written
+    by `otlp_encoding` and sent as bytes, through the same channel, instead of being built as
+    protobuf messages by the SDK's encoder. If a future SDK release no longer makes its client
+    where this expects, the stock exporter is used.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+    from .otlp_encoding import encode_export_request
+
+    if not callable(getattr(Grpc, "_initialize_channel_and_stub", None)):
+        return Grpc()
+
+    class FastOtlpGrpcExporter(Grpc):
+        #: `EncodedSpans` may be queued for it (see `SpanPipeline.takes_encoded_spans`).
+        takes_encoded_spans = True
+
+        def _initialize_channel_and_stub(self) -> None:
+            super()._initialize_channel_and_stub()
+            channel = getattr(self, "_channel", None)
+            if channel is not None:
+                # A client whose Export sends bytes as they are (no serializer).
+                self._client = _BytesTraceClient(channel.unary_unary(_GRPC_EXPORT))
+
+        def _translate_data(self, data: Any) -> bytes:  # type: ignore[override]
+            return encode_export_request(data)
+
+        def _count_data(self, data: Any) -> int:
+            return sum(item.count if type(item) is EncodedSpans else 1 for item in data)
+
+    return FastOtlpGrpcExporter()
+
+
+class _BytesTraceClient:
+    """The trace service's client as the SDK's exporter calls it, for encoded requests."""
+
+    def __init__(self, export: Any) -> None:
+        self.Export = export
 
 
 class SpanPipeline:
@@ -165,7 +211,7 @@ class SpanPipeline:
 
     @property
     def takes_encoded_spans(self) -> bool:
-        """Whether `submit_encoded` may be used: the exporter is the OTLP/HTTP one whose
+        """Whether `submit_encoded` may be used: the exporter is one of the OTLP ones, whose
         encoder joins spans already in wire form."""
         return bool(getattr(self._exporter, "takes_encoded_spans", False))
 

@@ -7,7 +7,7 @@ honours the same decision. Only sampled records get span objects, built when the
 A partition that is one uncompressed batch of records without headers, the usual case, takes a
 one-call fast path (`roots`); with W3C propagation, a whole request of such partitions does too,
 in the pairing core (`request_lane`), and reaches Python only when one of its records is sampled.
-With the OTLP/HTTP exporter, the send spans are written in OTLP wire form (`SendTemplate`) rather
+With an OTLP exporter, the send spans are written in OTLP wire form (`SendTemplate`) rather
 than built as SDK spans and encoded later.
 """
 

@@ -1,6 +1,6 @@
 """Receive spans written straight from fetched records: the consumer's compiled span path.
 
-With W3C propagation, parent-based sampling, a span per record and the OTLP/HTTP exporter, a
+With W3C propagation, parent-based sampling, a span per record and an OTLP exporter, a
 `receive` span is known in full from its record (offset, timestamp, key, traceparent) and what
 the spans of its partition share (`SpanTemplate`). `receive_spans` reads a partition's records
 once, by their length prefixes as the skim does, and writes each sampled record's span in OTLP

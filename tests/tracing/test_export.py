@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from proxy.metrics import Metrics
 from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
-from proxy.tracing.otlp_encoding import EncodedSpans
+from proxy.tracing.otlp_encoding import EncodedSpans, encode_export_request
 from testbed.collector import StubCollector
 from tests.tracing.test_receive_spans import KeepingExporter
 
@@ -138,11 +138,12 @@ def test_a_batch_is_whole_items_up_to_the_batch_size_in_spans() -> None:
 def test_only_an_exporter_that_takes_encoded_spans_is_offered_them() -> None:
     assert not SpanPipeline(FailingExporter(), Metrics(), delay_seconds=60).takes_encoded_spans
     assert not SpanPipeline(None, Metrics()).takes_encoded_spans
-    http = make_exporter({})
-    assert getattr(http, "takes_encoded_spans", False)
-    assert not getattr(
-        make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}), "takes_encoded_spans", False
-    )
+    for protocol in ("http/protobuf", "grpc"):
+        exporter = make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+        assert getattr(exporter, "takes_encoded_spans", False), protocol
+    for other in ("zipkin", "console"):
+        exporter = make_exporter({"OTEL_TRACES_EXPORTER": other})
+        assert not getattr(exporter, "takes_encoded_spans", False), other
 
 
 @pytest.mark.parametrize(
@@ -230,3 +231,81 @@ def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_set
         assert headers["Content-Encoding"] == "gzip"
         body = gzip.decompress(body)
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_otlp_grpc_export_sends_what_the_sdk_encoder_would_with_the_standard_settings(
+    monkeypatch: pytest.MonkeyPatch, compression: str | None
+) -> None:
+    """The gRPC exporter sends the request our encoder wrote, spans in wire form included,
+    through the SDK's channel: with its headers, its compression, to its endpoint."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.trace import SpanKind
+
+    from proxy.tracing.spans import SCOPE, finished_span
+
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
+        received.append((request, dict(context.invocation_metadata())))
+        return b""  # an empty ExportTraceServiceResponse
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                {"Export": grpc.unary_unary_rpc_method_handler(export)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=blue")
+        if compression is not None:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", compression)
+        exporter = make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        assert type(exporter).__name__ == "FastOtlpGrpcExporter"
+        resource = Resource.create({"service.name": "billing"})
+        spans = [
+            finished_span(
+                name="receive orders",
+                kind=SpanKind.CONSUMER,
+                trace_id=1000 + i,
+                span_id=7 + i,
+                parent=None,
+                start_ns=1_700_000_000_000_000_000,
+                end_ns=1_700_000_000_000_500_000,
+                attributes={"messaging.system": "kafka", "messaging.kafka.offset": i},
+                resource=resource,
+            )
+            for i in range(50)
+        ]
+        # The last 20 as the consumer queues them: already in wire form.
+        wire = encode_export_request(spans[30:])
+        fields = ExportTraceServiceRequest.FromString(wire).resource_spans[0].scope_spans[0]
+        encoded = EncodedSpans(
+            resource, SCOPE, b"".join(_span_field(span) for span in fields.spans), 20
+        )
+        assert exporter.export([*spans[:30], encoded]) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+    finally:
+        server.stop(None)
+    ((body, metadata),) = received
+    assert metadata["x-tenant"] == "blue"
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
+
+
+def _span_field(span: object) -> bytes:
+    """ScopeSpans.spans (2) of a decoded span message."""
+    from proxy.tracing.otlp_encoding import span_field
+
+    return span_field(span.SerializeToString())  # type: ignore[attr-defined]
