@@ -103,8 +103,11 @@ def _fast_http_exporter() -> SpanExporter:
     from .otlp_encoding import encode_export_request
 
     class FastOtlpHttpExporter(Http):
-        #: `EncodedSpans` may be queued for it (see `SpanPipeline.takes_encoded_spans`).
-        takes_encoded_spans = True
+        @property
+        def takes_encoded_spans(self) -> bool:
+            """`EncodedSpans` may be queued for it (`SpanPipeline.takes_encoded_spans`) when
+            it sends through its own encoder, not the stock one."""
+            return hasattr(getattr(self, "_client", None), "export")
 
         def export(self, spans: Any) -> SpanExportResult:
             client = getattr(self, "_client", None)
