@@ -168,8 +168,37 @@ def tracing_setup() -> TracingSetup:
         pipeline=SpanPipeline(None, metrics),  # spans are built, then dropped: a no-op exporter
         resource=Resource.create({"service.name": "fuzz"}),
     )
-    interceptors = Interceptors([ProduceTracer(core, metrics), FetchTracer(core, metrics)])
+    # A second consumer side, as an OTLP exporter's proxy has it: parent-based sampling, spans
+    # written in wire form (`receive_spans`) and dropped by an exporter that takes them.
+    wire_metrics = Metrics()
+    wire_core = TracingCore(
+        sampler=sampler_from_env("parentbased_always_on", None),
+        propagation=Propagation(["tracecontext", "baggage"]),
+        pipeline=SpanPipeline(_DroppingExporter(), wire_metrics, delay_seconds=60),
+        resource=Resource.create({"service.name": "fuzz-wire"}),
+    )
+    interceptors = Interceptors(
+        [
+            ProduceTracer(core, metrics),
+            FetchTracer(core, metrics),
+            FetchTracer(wire_core, wire_metrics),
+        ]
+    )
     return TracingSetup(interceptors, metrics)
+
+
+class _DroppingExporter:
+    """Takes spans in wire form and sends them nowhere."""
+
+    takes_encoded_spans = True
+
+    def export(self, spans: object) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
 
 
 def new_exchange(*, traced: bool = True, max_frame_size: int = MAX_FRAME_SIZE) -> KafkaExchange:
