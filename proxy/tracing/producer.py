@@ -317,7 +317,7 @@ class ProduceTracer:
                 parts.append(str_attribute(key_field_, send.key.encode()))
             if base_offset >= 0:
                 offset = base_offset + send.offset_delta
-                if offset > _INT64_MAX:
+                if not -_INT64_MAX - 1 <= offset <= _INT64_MAX:
                     return None
                 parts.append(int_attribute(offset_field, offset))
             parts.append(tail)
@@ -327,6 +327,8 @@ class ProduceTracer:
     def _template(
         self, ctx: ConnectionContext, state: PendingPartition, error: str | None
     ) -> SendTemplate:
+        """The wire form the send spans of this partition share, made once per partition,
+        client and outcome."""
         broker = ctx.broker
         identity = (state.topic, state.partition, broker.host, broker.port, ctx.client_id, error)
         template = self._templates.get(identity)
