@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 
 from proxy.metrics import Metrics
 from proxy.tracing.export import ExportConfigError, SpanPipeline, make_exporter
@@ -201,28 +202,15 @@ def test_otlp_http_export_sends_what_the_sdk_encoder_would_with_the_standard_set
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.trace import SpanKind
 
-    from proxy.tracing.spans import finished_span
-
     with StubCollector() as collector:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.traces_url)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=blue")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", compression)
         exporter = make_exporter({})
         assert type(exporter).__name__ == "FastOtlpHttpExporter"  # our encoder, not the SDK's
-        spans = [
-            finished_span(
-                name="send orders",
-                kind=SpanKind.PRODUCER,
-                trace_id=1000 + i,
-                span_id=7 + i,
-                parent=None,
-                start_ns=1_700_000_000_000_000_000,
-                end_ns=1_700_000_000_000_500_000,
-                attributes={"messaging.system": "kafka", "messaging.kafka.offset": i},
-                resource=Resource.create({"service.name": "orders"}),
-            )
-            for i in range(50)
-        ]
+        spans = fifty_spans(
+            "send orders", SpanKind.PRODUCER, Resource.create({"service.name": "orders"})
+        )
         assert exporter.export(spans) == SpanExportResult.SUCCESS
         exporter.shutdown()
     ((path, headers, body),) = collector.received
@@ -248,7 +236,7 @@ def test_otlp_grpc_export_sends_what_the_sdk_encoder_would_with_the_standard_set
     )
     from opentelemetry.trace import SpanKind
 
-    from proxy.tracing.spans import SCOPE, finished_span
+    from proxy.tracing.spans import SCOPE
 
     received: list[tuple[bytes, dict[str, str]]] = []
 
@@ -275,20 +263,7 @@ def test_otlp_grpc_export_sends_what_the_sdk_encoder_would_with_the_standard_set
         exporter = make_exporter({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
         assert type(exporter).__name__ == "FastOtlpGrpcExporter"
         resource = Resource.create({"service.name": "billing"})
-        spans = [
-            finished_span(
-                name="receive orders",
-                kind=SpanKind.CONSUMER,
-                trace_id=1000 + i,
-                span_id=7 + i,
-                parent=None,
-                start_ns=1_700_000_000_000_000_000,
-                end_ns=1_700_000_000_000_500_000,
-                attributes={"messaging.system": "kafka", "messaging.kafka.offset": i},
-                resource=resource,
-            )
-            for i in range(50)
-        ]
+        spans = fifty_spans("receive orders", SpanKind.CONSUMER, resource)
         # The last 20 as the consumer queues them: already in wire form.
         wire = encode_export_request(spans[30:])
         fields = ExportTraceServiceRequest.FromString(wire).resource_spans[0].scope_spans[0]
@@ -309,3 +284,23 @@ def _span_field(span: object) -> bytes:
     from proxy.tracing.otlp_encoding import span_field
 
     return span_field(span.SerializeToString())  # type: ignore[attr-defined]
+
+
+def fifty_spans(name: str, kind: SpanKind, resource: Resource) -> list[ReadableSpan]:
+    """Spans as the proxy makes them: one topic, offsets 0 to 49."""
+    from proxy.tracing.spans import finished_span
+
+    return [
+        finished_span(
+            name=name,
+            kind=kind,
+            trace_id=1000 + i,
+            span_id=7 + i,
+            parent=None,
+            start_ns=1_700_000_000_000_000_000,
+            end_ns=1_700_000_000_000_500_000,
+            attributes={"messaging.system": "kafka", "messaging.kafka.offset": i},
+            resource=resource,
+        )
+        for i in range(50)
+    ]
