@@ -1124,7 +1124,53 @@ PyDoc_STRVAR(inject_roots_doc,
 "The twin of proxy/tracing/roots.py's inject_roots_python: a partition's records that are one\n"
 "whole uncompressed batch of records without headers, with a new root traceparent added to\n"
 "each record and the batch re-signed; the record count; (index, trace id, span id, start of\n"
-"the record in the original records section) of the sampled ones. None: not that case.");
+"the record in the original records section, its offset, its key) of the sampled ones. None:\n"
+"not that case.");
+
+/* The offset (base_offset + its offset delta) and key (bytes or None) of the record that begins
+ * at `start` of a records section the splice has read whole: 0 with new references, or -1 with
+ * an error (ValueError for a record that does not read, which the splice rules out). */
+static int
+offset_and_key(const unsigned char *body, Py_ssize_t limit, Py_ssize_t start, int64_t base_offset,
+               PyObject **offset, PyObject **key)
+{
+    Py_ssize_t pos = start;
+    int64_t length, offset_delta, key_size;
+    if (start < 0 || read_varint(body, &pos, limit, MAX_VARINT_BYTES, &length) != 0) {
+        goto unreadable;
+    }
+    Py_ssize_t end = length > 0 && length <= limit - pos ? pos + (Py_ssize_t)length : -1;
+    pos += 1; /* attributes */
+    for (int i = 0; end >= 0 && i < MAX_VARLONG_BYTES && pos < end; i++) {
+        if (!(body[pos++] & 0x80)) { /* the timestamp delta, stepped over (any value) */
+            break;
+        }
+    }
+    if (end < 0 || read_varint(body, &pos, end, MAX_VARINT_BYTES, &offset_delta) != 0 ||
+        read_varint(body, &pos, end, MAX_VARINT_BYTES, &key_size) != 0 || key_size > end - pos) {
+        goto unreadable;
+    }
+    PyObject *base = PyLong_FromLongLong(base_offset);
+    PyObject *delta = base ? PyLong_FromLongLong(offset_delta) : NULL;
+    *offset = delta ? PyNumber_Add(base, delta) : NULL;
+    Py_XDECREF(base);
+    Py_XDECREF(delta);
+    if (*offset == NULL) {
+        return -1;
+    }
+    *key = key_size < 0 ? Py_NewRef(Py_None)
+                        : PyBytes_FromStringAndSize((const char *)body + pos, (Py_ssize_t)key_size);
+    if (*key == NULL) {
+        Py_CLEAR(*offset);
+        return -1;
+    }
+    return 0;
+unreadable:
+    if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "a sampled record does not read");
+    }
+    return -1;
+}
 
 PyObject *
 inject_roots_batch(const unsigned char *batch, Py_ssize_t size, PyObject *draw,
@@ -1232,12 +1278,19 @@ inject_roots_batch(const unsigned char *batch, Py_ssize_t size, PyObject *draw,
     out[CRC_OFFSET + 1] = (unsigned char)(crc_value >> 16);
     out[CRC_OFFSET + 2] = (unsigned char)(crc_value >> 8);
     out[CRC_OFFSET + 3] = (unsigned char)crc_value;
-    /* (index, trace id, span id, record start) of the sampled records. */
+    /* (index, trace id, span id, record start, offset, key) of the sampled records. */
+    int64_t base_offset = (int64_t)read_be(batch, 8);
     for (Py_ssize_t i = 0; i < sampled_count; i++) {
         PyObject *entry = PyList_GET_ITEM(sampled, i);
-        PyObject *full = Py_BuildValue("(OOOO)", PyTuple_GET_ITEM(entry, 0),
+        PyObject *start = PyList_GET_ITEM(starts, i);
+        PyObject *offset = NULL, *key = NULL;
+        if (offset_and_key(batch + RECORDS_OFFSET, limit, PyLong_AsSsize_t(start), base_offset,
+                           &offset, &key) < 0) {
+            goto done;
+        }
+        PyObject *full = Py_BuildValue("(OOOONN)", PyTuple_GET_ITEM(entry, 0),
                                        PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
-                                       PyList_GET_ITEM(starts, i));
+                                       start, offset, key);
         if (full == NULL) {
             goto done;
         }

@@ -195,11 +195,9 @@ class ProduceTracer:
         if not sampled:
             return None
         self._sampled.inc(len(sampled))
-        batch = BatchView(partition.records)
-        records = batch.records_at(batch.body(), [start for *_, start in sampled])
         sends = [
-            PendingSend(trace_id, span_id, None, record.offset, printable_key(record.key))
-            for (_, trace_id, span_id, _), record in zip(sampled, records, strict=True)
+            PendingSend(trace_id, span_id, None, offset, printable_key(key))
+            for _, trace_id, span_id, _, offset, key in sampled
         ]
         topic = partition.topic or str(partition.topic_id)
         return PendingPartition(topic, partition.partition, start_ns, sends)

@@ -41,6 +41,7 @@ from ..codec.records import (
     RECORDS_OFFSET,
     RecordBatchError,
     first_record_has_headers,
+    record_fields_python,
     splice_one_header_each_python,
 )
 from ..interceptors import LaneResult
@@ -56,9 +57,9 @@ _CRC = struct.Struct(">I")
 
 _SIZE_PREFIX = 4
 
-#: (new batch, record count, [(index, trace id, span id, record start)] of the sampled records,
-#: the start counted in the original batch's records section).
-Injected = tuple[bytes, int, list[tuple[int, int, int, int]]]
+#: (new batch, record count, [(index, trace id, span id, record start, offset, key)] of the
+#: sampled records, the start counted in the original batch's records section).
+Injected = tuple[bytes, int, list[tuple[int, int, int, int, int, bytes | None]]]
 
 
 def inject_roots_python(
@@ -106,11 +107,19 @@ def inject_roots_python(
     header = bytearray(view[:RECORDS_OFFSET])
     _COUNT.pack_into(header, 8, RECORDS_OFFSET - LOG_OVERHEAD + len(new_body))
     _CRC.pack_into(header, CRC_OFFSET, crc(new_body, crc(header[ATTRIBUTES_OFFSET:])))
-    return (
-        bytes(header) + new_body,
-        count,
-        [(*ids, start) for ids, start in zip(sampled, starts, strict=True)],
-    )
+    found = [
+        (*ids, start, *_offset_and_key(body, start, view))
+        for ids, start in zip(sampled, starts, strict=True)
+    ]
+    return bytes(header) + new_body, count, found
+
+
+def _offset_and_key(body: memoryview, start: int, batch: memoryview) -> tuple[int, bytes | None]:
+    """The offset and key of the record that begins at `start` of the batch's records."""
+    base_offset, _ = _HEADER.unpack_from(batch, 0)
+    fields = record_fields_python(body, start, len(body), base_offset, 0, None)
+    key_start, key_size = fields[5], fields[6]
+    return fields[3], bytes(body[key_start : key_start + key_size]) if key_size >= 0 else None
 
 
 #: The fast path the producer runs: the compiled twin when the extension is built.
