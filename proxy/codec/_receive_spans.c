@@ -34,8 +34,6 @@
 #define CONTROL_FLAG 0x20
 #define MAX_VARINT_BYTES 5
 #define MAX_VARLONG_BYTES 10
-#define TRACEPARENT_SIZE 11
-#define VALUE_LENGTH 55
 #define MAX_TRACEPARENT 512
 #define KEY_LIMIT 64
 #define TEMPLATE_PARTS 7
@@ -49,6 +47,7 @@ typedef struct {
     const unsigned char *key; /* the key's bytes when shown (in the records or in key_text) */
     Py_ssize_t key_size;      /* -1: not shown */
     PyObject *key_text;       /* the UTF-8 of a non-ASCII key key_text showed, or NULL */
+    Py_ssize_t body_size;     /* of its Span message, once sized for the write */
 } Sampled;
 
 typedef struct {
@@ -128,7 +127,8 @@ parse_traceparent(const unsigned char *value, int64_t size, Sampled *out, int *s
     while (end > start && is_space(end[-1])) {
         end--;
     }
-    if (end - start < VALUE_LENGTH || start[2] != '-' || start[35] != '-' || start[52] != '-') {
+    if (end - start < TRACEPARENT_VALUE_LENGTH || start[2] != '-' || start[35] != '-' ||
+        start[52] != '-') {
         return 0;
     }
     int ok = 1;
@@ -137,7 +137,7 @@ parse_traceparent(const unsigned char *value, int64_t size, Sampled *out, int *s
     out->trace_low = hex_value(start + 19, 16, &ok);
     out->parent = hex_value(start + 36, 16, &ok);
     uint64_t flags = hex_value(start + 53, 2, &ok);
-    if (!ok || version == 0xFF || (version == 0 && end - start != VALUE_LENGTH)) {
+    if (!ok || version == 0xFF || (version == 0 && end - start != TRACEPARENT_VALUE_LENGTH)) {
         return 0;
     }
     if ((out->trace_high == 0 && out->trace_low == 0) || out->parent == 0) {
@@ -145,13 +145,6 @@ parse_traceparent(const unsigned char *value, int64_t size, Sampled *out, int *s
     }
     *sampled = (int)(flags & 1);
     return 1;
-}
-
-static int
-is_sampled_flag_char(unsigned char c)
-{
-    return c == '1' || c == '3' || c == '5' || c == '7' || c == '9' || c == 'b' || c == 'd' ||
-           c == 'f';
 }
 
 /* The figures of one partition's read. */
@@ -259,25 +252,22 @@ read_record(const unsigned char *data, Py_ssize_t *pos, Py_ssize_t end, int64_t 
         if (step_over(&at, record_end, value_size, -1) < 0) {
             return 1;
         }
-        int lower_match = name_size == TRACEPARENT_SIZE;
+        int lower_match = name_size == TRACEPARENT_KEY_SIZE;
         for (int64_t i = 0; i < name_size; i++) {
             unsigned char c = name[i];
             if (c & 0x80) {
                 ascii_keys = 0;
             }
-            if (lower_match && i < TRACEPARENT_SIZE) {
+            if (lower_match && i < TRACEPARENT_KEY_SIZE) {
                 unsigned char lower = c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-                lower_match = lower == (unsigned char)"traceparent"[i];
+                lower_match = lower == (unsigned char)TRACEPARENT_KEY[i];
             }
         }
         if (first == NULL && lower_match) {
             first = value;
             first_size = value_size;
         }
-        if (name_size == TRACEPARENT_SIZE && memcmp(name, "traceparent", TRACEPARENT_SIZE) == 0 &&
-            value_size == VALUE_LENGTH && is_sampled_flag_char(value[VALUE_LENGTH - 1])) {
-            holds_sampled = 1;
-        }
+        holds_sampled |= is_sampled_traceparent(name, name_size, value, value_size);
     }
     if (at != record_end) {
         return 1;
@@ -532,7 +522,7 @@ span_body_size(const Sampled *item, PyObject *const *parts, int64_t high)
 
 /* The spans' ScopeSpans.spans fields, as receive.py's _write_spans writes them. */
 static PyObject *
-write_spans(const SampledList *list, PyObject *const *parts, int64_t high, int64_t start_ns,
+write_spans(SampledList *list, PyObject *const *parts, int64_t high, int64_t start_ns,
             int64_t end_ns, PyObject *draw)
 {
     if (list->count == 0) {
@@ -550,8 +540,9 @@ write_spans(const SampledList *list, PyObject *const *parts, int64_t high, int64
     }
     Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < list->count; i++) {
-        Py_ssize_t body = span_body_size(&list->items[i], parts, high);
-        total += 1 + uvarint_size((uint64_t)body) + body;
+        Sampled *item = &list->items[i];
+        item->body_size = span_body_size(item, parts, high);
+        total += 1 + uvarint_size((uint64_t)item->body_size) + item->body_size;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, total);
     if (result == NULL) {
@@ -564,7 +555,7 @@ write_spans(const SampledList *list, PyObject *const *parts, int64_t high, int64
         const Sampled *item = &list->items[i];
         uint64_t span_id = read_be(random + 8 * i, 8);
         *out++ = 0x12;
-        out = put_uvarint(out, (uint64_t)span_body_size(item, parts, high));
+        out = put_uvarint(out, (uint64_t)item->body_size);
         *out++ = 0x0A;
         *out++ = 0x10;
         out = put_read_be(out, item->trace_high);

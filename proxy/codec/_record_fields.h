@@ -1,11 +1,13 @@
 /* Reading a v2 record's fields without raising, shared by the fetch skim's structural read
  * (_speedups.c) and the consumer's receive spans (_receive_spans.c): a peer's bytes, where a
- * field that does not read is an answer (the caller declines or falls back), not an error. */
+ * field that does not read is an answer (the caller declines or falls back), not an error. And
+ * the skim's test of a header: a traceparent with the sampled flag, as W3C propagators write it. */
 #ifndef KTP_RECORD_FIELDS_H
 #define KTP_RECORD_FIELDS_H
 
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A big-endian unsigned number of n bytes (n <= 8). */
 static inline uint64_t
@@ -56,6 +58,34 @@ step_over(Py_ssize_t *pos, Py_ssize_t limit, int64_t size, int64_t smallest)
         *pos += (Py_ssize_t)size;
     }
     return 0;
+}
+
+/* The header key, and the length of a version-00 traceparent value ("00-<32>-<16>-<2>"). */
+#define TRACEPARENT_KEY "traceparent"
+#define TRACEPARENT_KEY_SIZE 11
+#define TRACEPARENT_VALUE_LENGTH 55
+
+/* A lower-case hex digit with the sampled bit (01) set. */
+static inline int
+is_sampled_flag_char(unsigned char c)
+{
+    switch (c) {
+    case '1': case '3': case '5': case '7': case '9': case 'b': case 'd': case 'f':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Whether the header key of `key_size` bytes at `key` and value of `value_size` bytes at `value`
+ * are a traceparent with the sampled flag, in the wire form W3C propagators write. */
+static inline int
+is_sampled_traceparent(const unsigned char *key, int64_t key_size, const unsigned char *value,
+                       int64_t value_size)
+{
+    return key_size == TRACEPARENT_KEY_SIZE && value_size == TRACEPARENT_VALUE_LENGTH &&
+           memcmp(key, TRACEPARENT_KEY, TRACEPARENT_KEY_SIZE) == 0 &&
+           is_sampled_flag_char(value[TRACEPARENT_VALUE_LENGTH - 1]);
 }
 
 #endif

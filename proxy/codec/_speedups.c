@@ -53,18 +53,6 @@ static const unsigned char WIRE_PREFIX[] = "\x16traceparent\x6e";
 #define MAX_VARINT_BYTES 5
 #define MAX_VARLONG_BYTES 10
 
-static int
-is_sampled_flag_char(unsigned char c)
-{
-    /* Lower-case hex digits with the sampled bit (01) set. */
-    switch (c) {
-    case '1': case '3': case '5': case '7': case '9': case 'b': case 'd': case 'f':
-        return 1;
-    default:
-        return 0;
-    }
-}
-
 /* Where in data[pos:end) the next traceparent header with the sampled flag may start, or -1.
  * Prefixes without the flag are passed over (the prefix cannot overlap itself). */
 static Py_ssize_t
@@ -500,17 +488,6 @@ quiet_varint(const unsigned char *buf, Py_ssize_t *pos, Py_ssize_t limit, int ma
              int64_t *value)
 {
     return record_varint(buf, pos, limit, max_bytes, 0, value);
-}
-
-/* Whether the header key of `key_size` bytes at `key` and value of `value_size` bytes at `value`
- * are a traceparent with the sampled flag, in the wire form WIRE_PREFIX describes. */
-static int
-is_sampled_traceparent(const unsigned char *key, int64_t key_size, const unsigned char *value,
-                       int64_t value_size)
-{
-    return key_size == WIRE_PREFIX_SIZE - 2 && value_size == FLAGS_LAST_CHAR + 1 - WIRE_PREFIX_SIZE
-           && memcmp(key, WIRE_PREFIX + 1, WIRE_PREFIX_SIZE - 2) == 0
-           && is_sampled_flag_char(value[value_size - 1]);
 }
 
 /* sampled_record_starts' structural read (skim.py): the records of data[body_start:end) read

@@ -242,9 +242,8 @@ def iter_response_partitions(payload: Any) -> Iterator[PartitionOutcome]:
 
 
 #: The capture ids of the response layout program.
-_OUTCOME_TOPIC, _OUTCOME_PARTITION, _OUTCOME_ERROR, _OUTCOME_BASE_OFFSET, _OUTCOME_MESSAGE = range(
-    5
-)
+_OUTCOME_TOPIC, _OUTCOME_PARTITION, _OUTCOME_ERROR = 0, 1, 2
+_OUTCOME_BASE_OFFSET, _OUTCOME_MESSAGE = 3, 4
 _OUTCOME_CAPTURED = {
     "responses.name": _OUTCOME_TOPIC,
     "responses.topic_id": _OUTCOME_TOPIC,

@@ -97,11 +97,12 @@ DELETE_HORIZON_FLAG: Final = 0x40
 TIMESTAMP_TYPE_CREATE_TIME: Final = 0
 TIMESTAMP_TYPE_LOG_APPEND_TIME: Final = 1
 
-_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
+#: A v2 batch's header, from its base offset to its record count (`BatchView` names the fields).
+BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
 _LENGTH = struct.Struct(">i")
 _CRC = struct.Struct(">I")
-assert _BATCH_HEADER.size == RECORDS_OFFSET
+assert BATCH_HEADER.size == RECORDS_OFFSET
 
 MAX_VARINT_BYTES: Final = 5
 MAX_VARLONG_BYTES: Final = 10
@@ -447,7 +448,7 @@ class BatchView:
             self.producer_epoch,
             self.base_sequence,
             self.record_count,
-        ) = _BATCH_HEADER.unpack_from(self.raw, 0)
+        ) = BATCH_HEADER.unpack_from(self.raw, 0)
 
     @property
     def is_legacy(self) -> bool:
@@ -583,7 +584,7 @@ def iter_batch_headers(records: Buffer) -> Iterator[BatchHeader]:
         elif end - pos < RECORDS_OFFSET:
             raise RecordBatchError(f"{end - pos} bytes is too short for a v2 batch")
         else:
-            fields = _BATCH_HEADER.unpack_from(records, pos)
+            fields = BATCH_HEADER.unpack_from(records, pos)
             yield BatchHeader(
                 pos, end, base_offset, magic, fields[5], fields[6], fields[9], fields[12]
             )

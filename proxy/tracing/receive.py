@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import functools
 import re
-import struct
 from collections.abc import Callable
 from typing import ParamSpec
 
 from ..codec import native
 from ..codec.records import (
+    BATCH_HEADER,
     CODEC_MASK,
     CONTROL_FLAG,
     LOG_OVERHEAD,
@@ -44,22 +44,17 @@ from .otlp_encoding import (
     span_times,
     str_attribute,
 )
-from .traceparent import VALUE_LENGTH, WIRE_PREFIX, parse_traceparent
+from .spans import KEY_LIMIT
+from .traceparent import SAMPLED_FLAG_CHARS, VALUE_LENGTH, WIRE_KEY, parse_traceparent
 
 #: (highest offset of the data batches or -1, records in them, records read with a valid
 #: context, records read without one, the spans' `ScopeSpans.spans` fields, how many spans).
 Received = tuple[int, int, int, int, bytes, int]
 
-_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _M64 = (1 << 64) - 1
-#: The header key as records hold it, and what marks a sampled one (skim.py's test).
-_KEY = WIRE_PREFIX[1:-1]
-_SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 _NOT_ASCII = re.compile(rb"[^\x00-\x7f]")
 _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
-#: The longest key shown as an attribute (`spans.printable_key`'s limit).
-_KEY_LIMIT = 64
 
 
 _P = ParamSpec("_P")
@@ -127,7 +122,7 @@ def receive_spans_python(
             continue
         if magic != 2 or end - pos < RECORDS_OFFSET:
             raise _Declined
-        fields = _BATCH_HEADER.unpack_from(view, pos)
+        fields = BATCH_HEADER.unpack_from(view, pos)
         base_offset, attributes, last_delta = fields[0], fields[5], fields[6]
         base_timestamp, max_timestamp, count = fields[7], fields[8], fields[12]
         if attributes & CONTROL_FLAG:
@@ -214,12 +209,12 @@ def _read_record(
         name = bytes(view[name_start : name_start + name_size])
         if _NOT_ASCII.search(name):
             ascii_keys = False
-        if first is None and name.lower() == _KEY:
+        if first is None and name.lower() == WIRE_KEY:
             first = (value_start, value_size)
         if (
-            name == _KEY
+            name == WIRE_KEY
             and value_size == VALUE_LENGTH
-            and view[value_start + VALUE_LENGTH - 1] in _SAMPLED_FLAG_CHARS
+            and view[value_start + VALUE_LENGTH - 1] in SAMPLED_FLAG_CHARS
         ):
             holds_sampled = True
     if at != record_end:
@@ -273,7 +268,7 @@ def _write_spans(
 
 def _shown_key(key: bytes | None, key_text: Callable[[bytes], str | None]) -> bytes | None:
     """The key's bytes when it is shown as an attribute (`spans.printable_key`)."""
-    if key is None or len(key) > _KEY_LIMIT:
+    if key is None or len(key) > KEY_LIMIT:
         return None
     if not _NOT_ASCII.search(key):
         return key if _PRINTABLE_ASCII.fullmatch(key) else None

@@ -107,16 +107,16 @@ def inject_roots_python(
     header = bytearray(view[:RECORDS_OFFSET])
     _COUNT.pack_into(header, 8, RECORDS_OFFSET - LOG_OVERHEAD + len(new_body))
     _CRC.pack_into(header, CRC_OFFSET, crc(new_body, crc(header[ATTRIBUTES_OFFSET:])))
+    base_offset, _ = _HEADER.unpack_from(view, 0)
     found = [
-        (*ids, start, *_offset_and_key(body, start, view))
+        (*ids, start, *_offset_and_key(body, start, base_offset))
         for ids, start in zip(sampled, starts, strict=True)
     ]
     return bytes(header) + new_body, count, found
 
 
-def _offset_and_key(body: memoryview, start: int, batch: memoryview) -> tuple[int, bytes | None]:
+def _offset_and_key(body: memoryview, start: int, base_offset: int) -> tuple[int, bytes | None]:
     """The offset and key of the record that begins at `start` of the batch's records."""
-    base_offset, _ = _HEADER.unpack_from(batch, 0)
     fields = record_fields_python(body, start, len(body), base_offset, 0, None)
     key_start, key_size = fields[5], fields[6]
     return fields[3], bytes(body[key_start : key_start + key_size]) if key_size >= 0 else None

@@ -44,17 +44,13 @@ from ..codec.records import (
     record_starts_holding,
 )
 from ..interceptors import SkimmedPartition
-from .traceparent import VALUE_LENGTH, WIRE_PREFIX
+from .traceparent import SAMPLED_FLAG_CHARS, VALUE_LENGTH, WIRE_KEY, WIRE_PREFIX
 
 #: From the start of a traceparent header (`WIRE_PREFIX`, as it appears in a decompressed batch
 #: body) to the last character of its flags ("00-<32>-<16>-0X").
 _FLAGS_LAST_CHAR = len(WIRE_PREFIX) + VALUE_LENGTH - 1
 _PREFIX_SIZE = len(WIRE_PREFIX)
-#: Lower-case hex digits with the sampled bit (01) set.
-_SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
-#: The header key as the records hold it (the prefix less its two length varints).
-_KEY = WIRE_PREFIX[1:-1]
-_KEY_SIZE = len(_KEY)
+_KEY_SIZE = len(WIRE_KEY)
 
 #: (batch start, batch end, where its candidate records begin in its body): None for a
 #: compressed batch, which the caller decompresses and searches itself.
@@ -91,7 +87,7 @@ def sampled_traceparent_positions_python(
     pos = find(WIRE_PREFIX, start, end)
     while pos >= 0:
         flags_at = pos + _FLAGS_LAST_CHAR
-        if flags_at < end and data[flags_at] in _SAMPLED_FLAG_CHARS:
+        if flags_at < end and data[flags_at] in SAMPLED_FLAG_CHARS:
             positions.append(base + pos)
         pos = find(WIRE_PREFIX, pos + _PREFIX_SIZE, end)
     return positions
@@ -168,8 +164,8 @@ def _read_sampled_starts(data: Buffer, start: int, end: int, record_count: int) 
                 if (
                     key_size == _KEY_SIZE
                     and value_size == VALUE_LENGTH
-                    and data[key_start : key_start + key_size] == _KEY
-                    and data[at - 1] in _SAMPLED_FLAG_CHARS
+                    and data[key_start : key_start + key_size] == WIRE_KEY
+                    and data[at - 1] in SAMPLED_FLAG_CHARS
                 ):
                     sampled = True
             if at != record_end:

@@ -43,7 +43,11 @@ def new_span_id() -> int:
     return span_id
 
 
-def printable_key(key: bytes | None, limit: int = 64) -> str | None:
+#: The longest key shown as an attribute.
+KEY_LIMIT = 64
+
+
+def printable_key(key: bytes | None, limit: int = KEY_LIMIT) -> str | None:
     """A record key worth showing as an attribute: short UTF-8 text, else None."""
     if key is None or len(key) > limit:
         return None

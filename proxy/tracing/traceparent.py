@@ -42,6 +42,10 @@ VALUE_LENGTH = 55
 #: A `traceparent` record header up to its value, in wire form: zig-zag varint 11, the key,
 #: zig-zag varint 55 (VALUE_LENGTH).
 WIRE_PREFIX = b"\x16traceparent\x6e"
+#: The header key as records hold it (the prefix less its two length varints).
+WIRE_KEY = WIRE_PREFIX[1:-1]
+#: Lower-case hex digits with the sampled bit (01) set: the last character of a sampled value.
+SAMPLED_FLAG_CHARS = frozenset(b"13579bdf")
 _WIRE_START = WIRE_PREFIX + b"00-"
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
