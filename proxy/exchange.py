@@ -222,20 +222,24 @@ class KafkaExchange:
         #: Meters of the APIs seen on this connection. Keys Kafka does not define share one
         #: entry, labelled "other", so made-up keys grow neither this table nor the series.
         self._meters: dict[int, ApiMeters] = {}
-        self._core = pairing_core(hold_policy(interceptors), max_frame_size)
+        #: The framing, pairing and counting of every read (`codec.pairing`). The relay calls
+        #: it directly for each read and comes here (`request_outcome`, `response_outcome`)
+        #: only for what it holds: a Python call fewer on every read of a shared machine's cold
+        #: caches.
+        self.core = pairing_core(hold_policy(interceptors), max_frame_size)
         #: Where the rest of a large request (a Produce request of big batches, usually) or
         #: response (a Fetch response) being held may be read into in place, saving its copies;
         #: None when the next bytes are read as usual. Called before every read, so bound once.
         self.request_buffer: Callable[[], memoryview | None] = partial(
-            self._core.request_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
+            self.core.request_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
         )
         self.response_buffer: Callable[[], memoryview | None] = partial(
-            self._core.response_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
+            self.core.response_buffer, READ_IN_PLACE_FROM, READ_IN_PLACE_UP_TO
         )
         self._lane_owner = self._set_produce_lane(interceptors.lane, max_batch_bytes)
         #: What the core's fetch lane made of the Fetch responses it sent on (`_set_fetch_lane`),
         #: the core's own list: emptied here once they went out.
-        self._fetch_skims: list[tuple[int, list[SkimmedPartition]]] = self._core.fetch_skims
+        self._fetch_skims: list[tuple[int, list[SkimmedPartition]]] = self.core.fetch_skims
         self._set_fetch_lane(interceptors.fetch_skim)
         self._holding_group_requests = interceptors.want_group_ids
         metrics.add_source(self)
@@ -250,7 +254,7 @@ class KafkaExchange:
         lane = owner.request_lane(max_batch_bytes, versions)
         if lane is None:
             return None
-        self._core.set_produce_lane(lane, versions)
+        self.core.set_produce_lane(lane, versions)
         return owner
 
     def _set_fetch_lane(self, skimming: SkimmingFetchInterceptor | None) -> None:
@@ -261,14 +265,14 @@ class KafkaExchange:
         if skimming is None:
             return
         versions = DECODABLE[ApiKey.FETCH]
-        self._core.set_fetch_lane(
+        self.core.set_fetch_lane(
             skimming.fetch_lane(versions), versions, SKIM_WHOLE_RESPONSES_UP_TO
         )
 
     @property
     def in_flight(self) -> int:
         """Requests forwarded whose responses have not come back yet."""
-        return self._core.in_flight  # type: ignore[no-any-return]
+        return self.core.in_flight  # type: ignore[no-any-return]
 
     def flush_metrics(self) -> None:
         """Add the counts the pairing core kept since the last flush to the metrics."""
@@ -278,7 +282,7 @@ class KafkaExchange:
             response_bytes,
             latency,
             total,
-        ) in self._core.take_stats():
+        ) in self.core.take_stats():
             meters = self._meters.get(slot)
             if meters is None:
                 label: int | str = slot if slot != OTHER_API else "other"
@@ -290,7 +294,7 @@ class KafkaExchange:
                 meters.response_bytes.inc(response_bytes)
             meters.latency.merge(latency, total)
         if self._lane_owner is not None:
-            rewritten, records = self._core.take_lane_counts()
+            rewritten, records = self.core.take_lane_counts()
             if rewritten:
                 self._rewritten_requests.inc(rewritten)
             if records:
@@ -304,13 +308,15 @@ class KafkaExchange:
     # -- client -> broker ------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> Outcome:
-        return self._client_outcome(*self._core.from_client(data))
+        return self.request_outcome(*self.core.from_client(data))
 
     def from_client_filled(self, nbytes: int) -> Outcome:
         """`from_client` for `nbytes` read into the `request_buffer`."""
-        return self._client_outcome(*self._core.request_filled(nbytes))
+        return self.request_outcome(*self.core.request_filled(nbytes))
 
-    def _client_outcome(self, pieces: list[Any], held: int) -> Outcome:
+    def request_outcome(self, pieces: list[Any], held: int) -> Outcome:
+        """What to send and run for the pieces of the core's `from_client` or `request_filled`:
+        the forwarded frames as they are, the `held` ones as this module makes them."""
         if not held:
             return Outcome(pieces)
         outcome = Outcome()
@@ -368,7 +374,7 @@ class KafkaExchange:
         if self._holding_group_requests:
             self._holding_group_requests = False
             for key in GROUP_NAMING:
-                self._core.hold_requests(int(key), None)
+                self.core.hold_requests(int(key), None)
 
     def _on_produce_request(
         self,
@@ -381,7 +387,7 @@ class KafkaExchange:
     ) -> bytes | memoryview:
         acks = produce_acks(body, header_size, api_version)
         if acks == 0:
-            self._core.forget(seq)
+            self.core.forget(seq)
         if not self._interceptors.produce:
             return frame
         layout = locate_request_partitions(body, header_size, api_version)
@@ -433,7 +439,7 @@ class KafkaExchange:
         if not states:
             return
         if acks != 0:
-            self._core.attach(seq, states)
+            self.core.attach(seq, states)
         elif outcome is None:
             self._finish_produce(states, None)
         else:
@@ -464,7 +470,7 @@ class KafkaExchange:
             return
         acks = produce_acks(body, header.size, api_version)
         if acks == 0:
-            self._core.forget(seq)
+            self.core.forget(seq)
         if records:
             owner.on_lane_records(records)
         states: list[ProduceState] = []
@@ -493,13 +499,16 @@ class KafkaExchange:
     # -- broker -> client ------------------------------------------------------------------
 
     def from_server(self, data: bytes) -> Outcome:
-        return self._server_outcome(*self._core.from_server(data))
+        return self.response_outcome(*self.core.from_server(data))
 
     def from_server_filled(self, nbytes: int) -> Outcome:
         """`from_server` for `nbytes` read into the `response_buffer`."""
-        return self._server_outcome(*self._core.response_filled(nbytes))
+        return self.response_outcome(*self.core.response_filled(nbytes))
 
-    def _server_outcome(self, pieces: list[Any], held: int) -> Outcome:
+    def response_outcome(self, pieces: list[Any], held: int) -> Outcome:
+        """`request_outcome` for the core's `from_server` or `response_filled`; also needed
+        while the core's fetch lane has sent responses the fetch interceptor has not heard of
+        (`core.fetch_skims`), even with nothing held."""
         skims = self._fetch_skims
         if not held:
             outcome = Outcome(pieces)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 
 from proxy.brokers import BrokerDirectory, PortMapping, TopicNames
 from proxy.config import HostPort, load_settings
@@ -16,9 +18,21 @@ from proxy.groups import GroupDirectory
 from proxy.interceptors import Interceptors
 from proxy.metrics import Metrics
 from proxy.relay import ClientConnection, Runtime, ServerConnection
+from proxy.tracing.consumer import FetchTracer
+from proxy.tracing.core import TracingCore
+from proxy.tracing.propagation import Propagation
+from proxy.tracing.sampling import sampler_from_env
 
+from . import test_fetch_skim_exchange as skims
+from .collected import CollectedSpans
 from .messages import large_fetch_frame, large_produce_frame, request_frame, response_frame
-from .test_exchange import MetadataRequest, _fetch_request, _metadata_response
+from .test_exchange import (
+    ApiVersionsRequest,
+    MetadataRequest,
+    _api_versions,
+    _fetch_request,
+    _metadata_response,
+)
 
 
 class _Transport:
@@ -28,6 +42,7 @@ class _Transport:
         self.written = bytearray()
         self.protocol = protocol
         self.restarts = 0
+        self.reading = True
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -43,9 +58,12 @@ class _Transport:
             self.written += piece
 
     def set_write_buffer_limits(self, high: int | None = None) -> None: ...
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
+
     def resume_reading(self) -> None:
         self.restarts += 1
+        self.reading = True
 
     def is_closing(self) -> bool:
         return False
@@ -56,24 +74,27 @@ class _Transport:
     def close(self) -> None: ...
 
 
-def _connection(metrics: Metrics) -> tuple[ClientConnection, _Transport, _Transport]:
+def _connection(
+    metrics: Metrics, settings: dict[str, str] | None = None, interceptors: Sequence[object] = ()
+) -> tuple[ClientConnection, _Transport, _Transport]:
     """A relayed connection wired to fake transports (its dial to the broker never runs): the
     client connection, and its transports to the broker and to the client."""
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(_connected(metrics))
+        return loop.run_until_complete(_connected(metrics, settings or {}, interceptors))
     finally:
         loop.close()
 
 
-async def _connected(metrics: Metrics) -> tuple[ClientConnection, _Transport, _Transport]:
-    settings = load_settings({"KTP_UPSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:9092"})
+async def _connected(
+    metrics: Metrics, settings: dict[str, str], interceptors: Sequence[object]
+) -> tuple[ClientConnection, _Transport, _Transport]:
     runtime = Runtime(
-        settings,
+        load_settings({"KTP_UPSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:9092", **settings}),
         BrokerDirectory("127.0.0.1", PortMapping(20000, {})),
         TopicNames(),
         GroupDirectory(),
-        Interceptors(),
+        Interceptors(list(interceptors)),
         metrics,
         set(),
     )
@@ -233,19 +254,65 @@ def test_a_failure_once_the_bytes_went_out_closes_the_connection(
     def failing() -> None:
         raise RuntimeError("a bug in what runs once the bytes went out")
 
-    def passing_on(self: KafkaExchange, data: bytes) -> Outcome:
-        outcome = Outcome([data])
+    def passing_on(self: KafkaExchange, pieces: list[Any], held: int) -> Outcome:
+        outcome = Outcome([b"0123"])
         outcome.after_send.append(failing)
         return outcome
 
-    taking = "from_client" if side == "client" else "from_server"
-    monkeypatch.setattr(KafkaExchange, taking, passing_on)
     metrics = Metrics()
     client, server, client_side = _connection(metrics)
-    read, written = (client_side, server) if side == "client" else (server, client_side)
-    read.protocol.data_received(b"0123")
+    # ApiVersions requests and their responses are held frames: they reach the exchange.
+    request = request_frame(
+        ApiVersionsRequest(client_software_name="t", client_software_version="1"), 1
+    )
+    if side == "client":
+        monkeypatch.setattr(KafkaExchange, "request_outcome", passing_on)
+        client_side.protocol.data_received(request)
+    else:
+        client_side.protocol.data_received(request)
+        monkeypatch.setattr(KafkaExchange, "response_outcome", passing_on)
+        server.written.clear()
+        server.protocol.data_received(response_frame(_api_versions([(18, 0, 3)]), 1))
+    written = server if side == "client" else client_side
     assert bytes(written.written) == b"0123"
     assert metrics.value("internal_errors") == 1
     assert client._closed
     forwarded = "proxy_to_server" if side == "client" else "proxy_to_client"
     assert _bytes(metrics, forwarded) == 4
+
+
+def test_a_client_with_too_many_requests_outstanding_is_read_again_once_one_is_answered() -> None:
+    """KTP_MAX_IN_FLIGHT requests waiting for their responses stop the reads of the client's
+    socket (back-pressure through TCP, not a queue); the first response starts them again."""
+    client, server, client_side = _connection(Metrics(), {"KTP_MAX_IN_FLIGHT": "2"})
+    request = MetadataRequest(
+        topics=None, allow_auto_topic_creation=True, include_topic_authorized_operations=False
+    )
+    client_side.protocol.data_received(request_frame(request, 1))
+    assert client_side.reading
+    client_side.protocol.data_received(request_frame(request, 2))
+    assert not client_side.reading
+    assert client.in_flight == 2
+    _read_into(server, response_frame(_metadata_response(), 1))
+    assert client_side.reading
+    assert client.in_flight == 1
+
+
+def test_a_fetch_response_sent_on_by_the_fetch_lane_reaches_the_tracer() -> None:
+    """A Fetch response with no sampled record goes out from the pairing core's fetch lane,
+    never held; the relay must still hand the tracer what the lane skimmed (the offsets it
+    delivered, for the redelivered mark), or a sampled record fetched again goes unmarked."""
+    metrics = Metrics()
+    core = TracingCore(
+        sampler=sampler_from_env("parentbased_traceidratio", "0.01"),
+        propagation=Propagation(["tracecontext"]),
+        pipeline=CollectedSpans(metrics),
+        resource=Resource.create({"service.name": "relay-test"}),
+    )
+    _, server, client_side = _connection(metrics, interceptors=[FetchTracer(core, metrics)])
+    parts = [skims.Part("orders", 0, skims._batch(0, 5))]
+    client_side.protocol.data_received(request_frame(skims._fetch_request(12, parts, 0), 1))
+    response = response_frame(skims._fetch_response(12, parts, endpoints=False), 1)
+    _read_into(server, response)
+    assert bytes(client_side.written) == response
+    assert metrics.value("records_traced", side="fetch", outcome="skimmed") == 5
