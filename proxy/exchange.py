@@ -617,14 +617,23 @@ class KafkaExchange:
         else:
             self._finish_produce(states, outcomes)
 
+    def hand_skimmed(self) -> None:
+        """`_hand_skimmed` for every response the core's fetch lane has sent on: the relay's
+        way once it sent a read's responses, none of them held (`response_outcome` is the
+        other)."""
+        skims = self._fetch_skims
+        self._hand_skimmed(skims)
+        skims.clear()
+
     def _hand_skimmed(self, skims: list[tuple[int, list[SkimmedPartition]]]) -> None:
         """The figures of Fetch responses the core's fetch lane sent on, nothing in them to
         read, to the skimming interceptor: topics by name (or their id's text when unknown)."""
         skimming = self._interceptors.fetch_skim
         assert skimming is not None  # only it sets the lane
         name_on_wire = self._topics.name_on_wire
+        context = self.context
         for _, skimmed in skims:
-            if self.context.group_id is None:
+            if context.group_id is None:
                 self._learn_group()
             partitions: list[SkimmedFetch] = []
             for topic, partition, highest, count in skimmed:
@@ -632,7 +641,7 @@ class KafkaExchange:
                     topic = name_on_wire(topic) or str(captured_uuid(topic))
                 partitions.append((topic, partition, highest, count))
             try:
-                skimming.on_fetch_skimmed(self.context, partitions)
+                skimming.on_fetch_skimmed(context, partitions)
             except Exception:
                 self._metrics.inc("interceptor_errors", hook="on_fetch_skimmed")
                 log.exception("interceptor failed on a skimmed fetch response")

@@ -383,14 +383,26 @@ class ClientConnection(asyncio.Protocol):
     def _responses_out(self, core: Any, pieces: list[Any], held: int) -> None:
         """Send on the responses the core passed, the held ones as the exchange made them, and
         read the client again once few enough requests wait."""
-        if not held and not core.fetch_skims:
+        if not held:
             client = self._client
             assert client is not None
             self._to_client += self._send(client, pieces)
+            if core.fetch_skims and not self._skims_handed():
+                return
         elif not self._responses_held(pieces, held):
             return
         if self._client_reading.paused and core.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
+
+    def _skims_handed(self) -> bool:
+        """Hand the fetch interceptor what the core's fetch lane skimmed of the responses just
+        sent; False when that failed and the connection was closed."""
+        try:
+            cast(KafkaExchange, self._exchange).hand_skimmed()
+        except Exception as exc:
+            self._fail(exc, "broker")
+            return False
+        return True
 
     def _responses_held(self, pieces: list[Any], held: int) -> bool:
         """`_responses_out` through the exchange; False when the connection was closed."""

@@ -310,9 +310,13 @@ def test_a_fetch_response_sent_on_by_the_fetch_lane_reaches_the_tracer() -> None
         resource=Resource.create({"service.name": "relay-test"}),
     )
     _, server, client_side = _connection(metrics, interceptors=[FetchTracer(core, metrics)])
-    parts = [skims.Part("orders", 0, skims._batch(0, 5))]
-    client_side.protocol.data_received(request_frame(skims._fetch_request(12, parts, 0), 1))
-    response = response_frame(skims._fetch_response(12, parts, endpoints=False), 1)
-    _read_into(server, response)
-    assert bytes(client_side.written) == response
-    assert metrics.value("records_traced", side="fetch", outcome="skimmed") == 5
+    sent = b""
+    for n, (base, count) in enumerate([(0, 5), (5, 3)], start=1):
+        parts = [skims.Part("orders", 0, skims._batch(base, count))]
+        client_side.protocol.data_received(request_frame(skims._fetch_request(12, parts, 0), n))
+        response = response_frame(skims._fetch_response(12, parts, endpoints=False), n)
+        _read_into(server, response)
+        sent += response
+        # Each response's figures are handed on once, right after it went out.
+        assert metrics.value("records_traced", side="fetch", outcome="skimmed") == base + count
+    assert bytes(client_side.written) == sent
