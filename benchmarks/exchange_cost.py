@@ -80,31 +80,42 @@ def record_batch(count: int, size: int, base_offset: int = 0, sampled_ratio: flo
     return bytes(batch)
 
 
-def perf_produce_pair() -> tuple[bytes, bytes]:
-    """The captured Produce with its records replaced by one headerless 16 KiB batch."""
+def produce_pair_with(batch: bytes) -> tuple[bytes, bytes]:
+    """The captured Produce with its records replaced by `batch`, and its response."""
     request, response = frame_pair("Produce")
     body = memoryview(request)[4:]
     header = parse_request_header(body)
     assert header.size is not None
     payload = decode_request(0, header.api_version, body, header.size)
     located = next(iter_request_partitions(payload))
-    batch = record_batch(15, 1024)
     replaced = replace_records(payload, {(located.topic_index, located.partition_index): batch})
     return frame(replace_payload(body, header.size, replaced)), response
 
 
-def perf_fetch_pair() -> tuple[bytes, bytes]:
-    """The captured Fetch with a 1 MiB response: 64 batches of 16 traced 1 KiB records."""
+def fetch_pair_with(records: bytes, high_watermark: int) -> tuple[bytes, bytes]:
+    """The captured Fetch, and its response with `records` as its partition's."""
     request, response = frame_pair("Fetch")
     body = memoryview(response)[4:]
     header_size, payload = decode_response(1, 18, body)
-    blob = b"".join(record_batch(16, 1024, 16 * n, sampled_ratio=0.01) for n in range(64))
     topic = payload.responses[0]
-    partition = dataclasses.replace(topic.partitions[0], records=blob, high_watermark=64 * 16)
+    partition = dataclasses.replace(
+        topic.partitions[0], records=records, high_watermark=high_watermark
+    )
     payload = dataclasses.replace(
         payload, responses=(dataclasses.replace(topic, partitions=(partition,)),)
     )
     return request, frame(bytes(body[:header_size]) + encode(payload))
+
+
+def perf_produce_pair() -> tuple[bytes, bytes]:
+    """The captured Produce with its records replaced by one headerless 16 KiB batch."""
+    return produce_pair_with(record_batch(15, 1024))
+
+
+def perf_fetch_pair() -> tuple[bytes, bytes]:
+    """The captured Fetch with a 1 MiB response: 64 batches of 16 traced 1 KiB records."""
+    blob = b"".join(record_batch(16, 1024, 16 * n, sampled_ratio=0.01) for n in range(64))
+    return fetch_pair_with(blob, 64 * 16)
 
 
 PAIRS: dict[str, Callable[[], tuple[bytes, bytes]]] = {
