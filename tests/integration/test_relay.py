@@ -17,7 +17,7 @@ import pytest
 
 from proxy.app import Proxy
 from proxy.config import load_settings
-from proxy.exchange import KafkaExchange
+from proxy.relay import ClientConnection
 from testbed.clients import create_topic, poll_values, unique_name
 from testbed.kafka import KafkaCluster
 from testbed.ports import free_port, free_port_block
@@ -134,9 +134,9 @@ def test_large_requests_and_responses_are_read_in_place_and_arrive_intact(
     from confluent_kafka import Producer
 
     filled: dict[str, list[int]] = {"request": [], "response": []}
-    for side, name in (("request", "from_client_filled"), ("response", "from_server_filled")):
+    for side, name in (("request", "_client_filled"), ("response", "_server_filled")):
         monkeypatch.setattr(
-            KafkaExchange, name, _counted(getattr(KafkaExchange, name), side, filled)
+            ClientConnection, name, _counted(getattr(ClientConnection, name), side, filled)
         )
     bootstrap = f"127.0.0.1:{proxy.port}"
     topic = unique_name("in-place")
@@ -159,10 +159,11 @@ def test_large_requests_and_responses_are_read_in_place_and_arrive_intact(
 
 
 def _counted(method: Any, side: str, filled: dict[str, list[int]]) -> Any:
-    """`method` (an exchange's `from_*_filled`), noting how many bytes each call was given."""
+    """`method` (a relayed connection's `_*_filled`: bytes read into the frame in place), noting
+    how many bytes each call was given."""
 
-    def counted(exchange: KafkaExchange, nbytes: int) -> object:
+    def counted(connection: ClientConnection, nbytes: int) -> object:
         filled[side].append(nbytes)
-        return method(exchange, nbytes)
+        return method(connection, nbytes)
 
     return counted
