@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -20,7 +20,7 @@ from .brokers import BrokerDirectory, TopicNames
 from .codec.errors import ProtocolError
 from .config import HostPort, Settings
 from .dialing import describe, dial
-from .exchange import KafkaExchange, Outcome
+from .exchange import KafkaExchange
 from .groups import GroupDirectory
 from .interceptors import BrokerEndpoint, ConnectionContext, Interceptors
 from .metrics import Metrics
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 
 _connection_ids = itertools.count(1)
-
-
-def _nothing_reserved() -> None:
-    """No frame is being read in place (the connection does not relay yet)."""
-    return None
 
 
 @dataclass
@@ -154,6 +149,14 @@ class ClientConnection(asyncio.Protocol):
     frame), and the reads go back to bytes once it is whole.
     """
 
+    # Set once the connection relays (`_attach_server`), and read only while it does: where the
+    # exchange would have the rest of a large request or response read, and the protocols each
+    # side's transport reads through while it comes.
+    _request_buffer: Callable[[], memoryview | None]
+    _response_buffer: Callable[[], memoryview | None]
+    _client_in_place: _InPlaceReads
+    _server_in_place: _InPlaceReads
+
     def __init__(
         self,
         runtime: Runtime,
@@ -168,17 +171,11 @@ class ClientConnection(asyncio.Protocol):
         self._client_reading = _Pauser()
         self._server_reading = _Pauser()
         self._exchange: KafkaExchange | None = None
-        #: The exchange's pairing core while the connection relays (None before and after),
-        #: and where it would have the rest of a large request or response read.
+        #: The exchange's pairing core while the connection relays (None before and after).
         self._core: Any = None
-        self._request_buffer: Callable[[], memoryview | None] = _nothing_reserved
-        self._response_buffer: Callable[[], memoryview | None] = _nothing_reserved
         self._connect_task: asyncio.Task[None] | None = None
         self._closed = False
         self._early: list[bytes] = []
-        #: The protocols each side's transport reads through while a large frame comes.
-        self._client_in_place: _InPlaceReads | None = None
-        self._server_in_place: _InPlaceReads | None = None
         self.id = next(_connection_ids)
         self._max_in_flight = runtime.settings.max_in_flight
         # Bytes moved since the metrics last asked (plain ints on the hot path, added to the
@@ -304,14 +301,9 @@ class ClientConnection(asyncio.Protocol):
             self._read_while_not_relaying(data)
             return
         self._from_client += len(data)
-        try:
-            pieces, held = core.from_client(data)
-        except Exception as exc:
-            self._fail(exc, "client")
-            return
-        self._requests_out(core, pieces, held)
+        self._requests_out(core, core.from_client, data)
         if self._request_buffer() is not None:  # a large request is coming: read it in place
-            cast(_InPlaceReads, self._client_in_place).take_over()
+            self._client_in_place.take_over()
 
     def _read_while_not_relaying(self, data: bytes) -> None:
         if self._closed:
@@ -322,19 +314,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _client_filled(self, nbytes: int) -> None:
         core = self._core
-        if core is None:
-            return
-        self._from_client += nbytes
+        if core is not None:
+            self._from_client += nbytes
+            self._requests_out(core, core.request_filled, nbytes)
+
+    def _requests_out(self, core: Any, take: Callable[[Any], Any], read: Any) -> None:
+        """Give the core what the client sent (`take(read)`), send on the requests it passes
+        (the held ones as the exchange made them), and stop reading the client while too many
+        wait for their responses."""
         try:
-            pieces, held = core.request_filled(nbytes)
+            pieces, held = take(read)
         except Exception as exc:
             self._fail(exc, "client")
             return
-        self._requests_out(core, pieces, held)
-
-    def _requests_out(self, core: Any, pieces: list[Any], held: int) -> None:
-        """Send on the requests the core passed, the held ones as the exchange made them, and
-        stop reading the client while too many wait for their responses."""
         if not held:
             server = self._server
             assert server is not None  # a typed narrowing; cast() would be a call per read
@@ -352,57 +344,45 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "client")
             return False
         self._to_server += self._send(cast(asyncio.Transport, self._server), outcome.send)
-        return not outcome.after_send or self._after_send(outcome, "client")
+        return not outcome.after_send or self._after_send(outcome.after_send, "client")
 
     def server_data(self, data: bytes) -> None:
         core = self._core
         if core is None:
             return
         self._from_server += len(data)
-        try:
-            pieces, held = core.from_server(data)
-        except Exception as exc:
-            self._fail(exc, "broker")
-            return
-        self._responses_out(core, pieces, held)
+        self._responses_out(core, core.from_server, data)
         if self._response_buffer() is not None:  # a large response is coming: read it in place
-            cast(_InPlaceReads, self._server_in_place).take_over()
+            self._server_in_place.take_over()
 
     def _server_filled(self, nbytes: int) -> None:
         core = self._core
-        if core is None:
-            return
-        self._from_server += nbytes
+        if core is not None:
+            self._from_server += nbytes
+            self._responses_out(core, core.response_filled, nbytes)
+
+    def _responses_out(self, core: Any, take: Callable[[Any], Any], read: Any) -> None:
+        """Give the core what the broker sent (`take(read)`), send on the responses it passes
+        (the held ones as the exchange made them), and read the client again once few enough
+        requests wait."""
         try:
-            pieces, held = core.response_filled(nbytes)
+            pieces, held = take(read)
         except Exception as exc:
             self._fail(exc, "broker")
             return
-        self._responses_out(core, pieces, held)
-
-    def _responses_out(self, core: Any, pieces: list[Any], held: int) -> None:
-        """Send on the responses the core passed, the held ones as the exchange made them, and
-        read the client again once few enough requests wait."""
         if not held:
             client = self._client
             assert client is not None
             self._to_client += self._send(client, pieces)
-            if core.fetch_skims and not self._skims_handed():
+            # What the core's fetch lane skimmed of them goes to the fetch interceptor now.
+            exchange = self._exchange
+            assert exchange is not None
+            if core.fetch_skims and not self._after_send((exchange.hand_skimmed,), "broker"):
                 return
         elif not self._responses_held(pieces, held):
             return
         if self._client_reading.paused and core.in_flight < self._max_in_flight:
             self._client_reading.resume("in_flight")
-
-    def _skims_handed(self) -> bool:
-        """Hand the fetch interceptor what the core's fetch lane skimmed of the responses just
-        sent; False when that failed and the connection was closed."""
-        try:
-            cast(KafkaExchange, self._exchange).hand_skimmed()
-        except Exception as exc:
-            self._fail(exc, "broker")
-            return False
-        return True
 
     def _responses_held(self, pieces: list[Any], held: int) -> bool:
         """`_responses_out` through the exchange; False when the connection was closed."""
@@ -412,13 +392,13 @@ class ClientConnection(asyncio.Protocol):
             self._fail(exc, "broker")
             return False
         self._to_client += self._send(cast(asyncio.Transport, self._client), outcome.send)
-        return not outcome.after_send or self._after_send(outcome, "broker")
+        return not outcome.after_send or self._after_send(outcome.after_send, "broker")
 
-    def _after_send(self, outcome: Outcome, peer: str) -> bool:
+    def _after_send(self, actions: Iterable[Callable[[], None]], peer: str) -> bool:
         """Run what the exchange does once the bytes went out (tracing, mostly); False when it
         failed and the connection was closed: what it left half done cannot be trusted."""
         try:
-            for action in outcome.after_send:
+            for action in actions:
                 action()
         except Exception as exc:
             self._fail(exc, peer)
