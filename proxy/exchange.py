@@ -301,9 +301,12 @@ class KafkaExchange:
                 self._lane_owner.on_lane_records(records)
 
     def close(self) -> None:
-        """The connection ended: its last counts go to the metrics."""
+        """The connection ended: its last counts go to the metrics, and a frame it held or was
+        reading in place is let go at once (closed connections are freed by the cyclic
+        collector, which may come much later)."""
         self.flush_metrics()
         self._metrics.remove_source(self)
+        self.core.release()
 
     # -- client -> broker ------------------------------------------------------------------
 

@@ -1403,6 +1403,25 @@ core_take_lane_counts(PairingCore *self, PyObject *Py_UNUSED(ignored))
     return taken;
 }
 
+/* The connection ended: let go of what each direction keeps of a frame (a held or half read
+ * one can be 16 MiB), now rather than when the collector frees the core. */
+static void
+scanner_release(Scanner *scanner)
+{
+    scanner_clear(scanner);
+    scanner->forward_remaining = 0;
+    scanner->head_len = 0;
+    scanner->held_size = scanner->held_remaining = 0;
+}
+
+static PyObject *
+core_release(PairingCore *self, PyObject *Py_UNUSED(ignored))
+{
+    scanner_release(&self->requests);
+    scanner_release(&self->responses);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 core_in_flight(PairingCore *self, void *Py_UNUSED(closure))
 {
@@ -1435,6 +1454,8 @@ static PyMethodDef core_methods[] = {
      "Run Produce requests of the versions given through a lane (None: no lane)."},
     {"take_lane_counts", (PyCFunction)core_take_lane_counts, METH_NOARGS,
      "Requests the lane rebuilt and records it passed on unsampled since the last call."},
+    {"release", (PyCFunction)core_release, METH_NOARGS,
+     "The connection ended: drop any frame being held or read in place."},
     {"set_fetch_lane", (PyCFunction)core_set_fetch_lane, METH_VARARGS,
      "Run clean Fetch responses of the versions given, up to a size, through a lane (None: no "
      "lane)."},

@@ -64,6 +64,13 @@ class FrameScanner:
         self._held_remaining = 0
         self._held_token: Any = None
 
+    def release(self) -> None:
+        """The connection ended: drop what is kept of a frame (a held or half read one)."""
+        self._forward_remaining = 0
+        self._head = bytearray()
+        self._held = self._assembly = self._held_token = None
+        self._held_size = self._held_remaining = 0
+
     @property
     def buffered(self) -> int:
         """Bytes kept back between calls (a partial header or a partial held frame)."""

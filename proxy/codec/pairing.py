@@ -193,6 +193,11 @@ class PairingCorePython:
         self._lane_rewritten = self._lane_records = 0
         return taken
 
+    def release(self) -> None:
+        """The connection ended: drop any frame being held or read in place."""
+        self._requests.release()
+        self._responses.release()
+
     def attach(self, seq: int, state: Any) -> None:
         """Keep `state` with a handed-over request; its response is handed over with it."""
         self._pending[seq - self._first_seq].state = state

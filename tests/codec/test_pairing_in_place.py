@@ -115,6 +115,30 @@ def test_the_frame_handed_over_is_the_buffer_it_was_read_into(policy: str) -> No
         assert held == 1 and walked is False and frame == response
 
 
+@pytest.mark.parametrize("side", ["request", "response"])
+def test_a_released_core_lets_go_of_the_frame_it_was_reading_in_place(side: str) -> None:
+    """A closed connection's core drops a frame half read in place (up to 16 MiB) at once,
+    instead of keeping it until the cyclic collector frees the core, and offers nothing more."""
+    if side == "request":
+        stream = large_produce_frame(1, 500_000)
+    else:
+        stream = large_fetch_frame(1, 500_000, endpoints=True)
+    for core in _cores("tracing on"):
+        if side == "response":
+            core.from_client(_request(1, 16, 1))
+        feed = core.from_client if side == "request" else core.from_server
+        reserve = getattr(core, f"{side}_buffer")
+        feed(stream[:1000])
+        view = reserve(*BOUNDS)
+        assert view is not None
+        frame = view.obj
+        del view
+        kept = sys.getrefcount(frame)
+        core.release()
+        assert sys.getrefcount(frame) == kept - 1, type(core).__name__
+        assert reserve(*BOUNDS) is None
+
+
 def test_nothing_is_offered_outside_a_large_held_response() -> None:
     small, large = large_fetch_frame(1, 1_000), large_fetch_frame(2, 200_000)
     for core in _cores("tracing on"):

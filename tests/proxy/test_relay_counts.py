@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -191,6 +192,24 @@ def test_the_rest_of_a_large_response_is_read_straight_into_its_frame() -> None:
     assert server.protocol is own and server.restarts == 2, "in place and back, reads restarted"
     assert _bytes(metrics, "server_to_proxy") == len(large) + len(small)
     assert _bytes(metrics, "proxy_to_client") == len(large) + len(small)
+
+
+def test_a_connection_closed_during_a_large_response_lets_go_of_its_frame() -> None:
+    """The client leaves while a 1 MiB Fetch response is read in place: the frame is dropped
+    when the connection closes, not whenever the collector frees the connection."""
+    client, server, _ = _connection(Metrics())
+    client.data_received(request_frame(_fetch_request(), 1))
+    large = large_fetch_frame(1, 1 << 20)
+    _read_into(server, large[: 1 << 18], read_size=1 << 16)
+    exchange = client._exchange
+    assert exchange is not None
+    frame = exchange.response_buffer()
+    assert frame is not None, "the rest is being read in place"
+    frame = frame.obj
+    kept = sys.getrefcount(frame)
+    client.connection_lost(None)
+    assert sys.getrefcount(frame) == kept - 1
+    assert exchange.response_buffer() is None
 
 
 def test_a_large_response_read_in_place_is_rewritten_as_when_fed_whole() -> None:
